@@ -1,0 +1,3 @@
+from dynalab.cli import main
+
+main()
