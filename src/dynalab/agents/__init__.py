@@ -1,0 +1,1 @@
+"""Model-free agents (SAC) used inside the Dyna loop."""

@@ -1,0 +1,24 @@
+"""Gymnasium MuJoCo and dm_control tasks behind one small protocol."""
+
+from dynalab.envs.base import Env
+from dynalab.envs.batch import BatchEnv, StepResult
+from dynalab.envs.registry import (
+    DMC15,
+    GYM6,
+    UnknownEnvError,
+    env_spec,
+    list_envs,
+    make_env,
+)
+
+__all__ = [
+    "DMC15",
+    "GYM6",
+    "BatchEnv",
+    "Env",
+    "StepResult",
+    "UnknownEnvError",
+    "env_spec",
+    "list_envs",
+    "make_env",
+]

@@ -1,0 +1,109 @@
+"""The one learner interface every algorithm implements, and its compiled, seed-batched form.
+
+A `Learner` is a bundle of pure per-seed functions. The training loop only ever sees a
+`SeedBatch`, which vmaps them over the leading seed axis and jits them, so the loop,
+logging, evaluation and checkpointing never branch on which algorithm is running.
+
+Randomness: every function takes an explicit key. The loop derives it from the seed's root
+key and the env-step counter (`step_key`), so a seed's random stream does not depend on which
+other seeds share the program, and a resumed run draws the same keys as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from dynalab.types import Transition
+
+State = Any
+Metrics = dict[str, jax.Array]
+
+# Streams drawn from one (seed, step) key; fixed numbers so adding a stream never shifts others.
+EXPLORE, UPDATE, RANDOM_ACTION, HOOK = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Hook:
+    """Work done every `every` env steps (model refits, resets), timed as `time/<name>`."""
+
+    name: str
+    every: int
+    fn: Callable[[State, jax.Array], tuple[State, Metrics]]
+
+
+@dataclass(frozen=True)
+class Learner:
+    """Pure per-seed functions; see the module docstring."""
+
+    init: Callable[[jax.Array], State]
+    """key -> learner state of one seed (networks, optimisers, buffers)."""
+    explore: Callable[[State, jax.Array, jax.Array], jax.Array]
+    """(state, obs, key) -> action in [-1, 1] for acting in the environment."""
+    exploit: Callable[[State, jax.Array], jax.Array]
+    """(state, obs[E, obs_dim]) -> deterministic actions for evaluation."""
+    observe: Callable[[State, Transition], State]
+    """Store one real transition without learning (warm-up)."""
+    update: Callable[[State, Transition, jax.Array], tuple[State, Metrics]]
+    """Store one real transition and do all learning of one env step."""
+    hooks: tuple[Hook, ...] = ()
+
+
+def step_key(root: jax.Array, step: jax.Array, stream: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.fold_in(root, step), stream)
+
+
+class SeedBatch:
+    """A learner compiled over a leading seed axis: one XLA call per operation per env step."""
+
+    def __init__(self, learner: Learner, action_dim: int):
+        self.learner = learner
+        batched = lambda f: jax.vmap(f, in_axes=(0, None))  # noqa: E731  (per-seed key, shared step)
+        self.init = jax.jit(jax.vmap(learner.init))
+        self._random_action = jax.jit(
+            batched(lambda root, step: jax.random.uniform(step_key(root, step, RANDOM_ACTION), (action_dim,), minval=-1.0, maxval=1.0))
+        )
+        self._explore = jax.jit(
+            jax.vmap(lambda s, o, root, step: learner.explore(s, o, step_key(root, step, EXPLORE)), in_axes=(0, 0, 0, None))
+        )
+        self.exploit = jax.jit(jax.vmap(learner.exploit))
+        # Donating the state lets XLA update replay buffers in place where the backend can.
+        self.observe = jax.jit(jax.vmap(learner.observe), donate_argnums=0)
+        self._update = jax.jit(
+            jax.vmap(lambda s, t, root, step: learner.update(s, t, step_key(root, step, UPDATE)), in_axes=(0, 0, 0, None)),
+            donate_argnums=0,
+        )
+        self._hooks = {
+            h.name: jax.jit(
+                jax.vmap(lambda s, root, step, fn=h.fn: fn(s, step_key(root, step, HOOK)), in_axes=(0, 0, None)),
+                donate_argnums=0,
+            )
+            for h in learner.hooks
+        }
+
+    def random_action(self, roots: jax.Array, step: int) -> jax.Array:
+        return self._random_action(roots, jnp.int32(step))
+
+    def explore(self, state: State, obs: jax.Array, roots: jax.Array, step: int) -> jax.Array:
+        return self._explore(state, obs, roots, jnp.int32(step))
+
+    def update(self, state: State, t: Transition, roots: jax.Array, step: int) -> tuple[State, Metrics]:
+        return self._update(state, t, roots, jnp.int32(step))
+
+    def due_hooks(self, env_step: int) -> list[Hook]:
+        return [h for h in self.learner.hooks if env_step % h.every == 0]
+
+    def run_hook(self, hook: Hook, state: State, roots: jax.Array, step: int) -> tuple[State, Metrics]:
+        return self._hooks[hook.name](state, roots, jnp.int32(step))
+
+
+def seed_roots(seeds: list[int]) -> jax.Array:
+    return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+
+
+# CPU backends cannot donate buffers; the warning would fire on every compile.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")

@@ -1,0 +1,72 @@
+"""SAC at a high replay ratio: the SAC agent plus a device-resident replay buffer."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dynalab import replay
+from dynalab.agents import sac
+from dynalab.algos.base import Learner, Metrics
+from dynalab.config import TrainConfig
+from dynalab.types import EnvSpec, Transition
+
+
+@struct.dataclass
+class SACLearnerState:
+    agent: sac.SACState
+    buffer: replay.ReplayBuffer
+
+
+def empty_transition(spec: EnvSpec) -> Transition:
+    z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+    return Transition(
+        obs=z(spec.obs_dim), action=z(spec.action_dim), reward=z(), next_obs=z(spec.obs_dim), discount=z()
+    )
+
+
+def gradient_steps(
+    cfg: TrainConfig,
+    agent: sac.SACState,
+    sample_batch: Callable[[jax.Array], Transition],
+    key: jax.Array,
+) -> tuple[sac.SACState, Metrics]:
+    """`cfg.replay_ratio` SAC updates in one `lax.scan`, each on a fresh minibatch.
+
+    Metrics are averaged over the updates. `sample_batch` is how an algorithm feeds SAC:
+    real replay for SAC, a real/synthetic mix for MBPO.
+    """
+
+    def one(agent, k):
+        k_batch, k_update = jax.random.split(k)
+        return sac.update(cfg.sac, agent, sample_batch(k_batch), k_update)
+
+    agent, metrics = jax.lax.scan(one, agent, jax.random.split(key, cfg.replay_ratio))
+    return agent, jax.tree.map(jnp.mean, metrics)
+
+
+def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
+    def init(key):
+        return SACLearnerState(
+            agent=sac.init(key, spec.obs_dim, spec.action_dim, cfg.sac),
+            buffer=replay.init_buffer(cfg.capacity, empty_transition(spec)),
+        )
+
+    def explore(state, obs, key):
+        return sac.sample_action(cfg.sac, state.agent.actor_params, obs, key)
+
+    def exploit(state, obs):
+        return sac.greedy_action(cfg.sac, state.agent.actor_params, obs)
+
+    def observe(state, t):
+        return state.replace(buffer=replay.add(state.buffer, t))
+
+    def update(state, t, key):
+        buffer = replay.add(state.buffer, t)
+        agent, metrics = gradient_steps(cfg, state.agent, lambda k: replay.sample(buffer, k, cfg.batch_size), key)
+        return state.replace(agent=agent, buffer=buffer), metrics
+
+    return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update)

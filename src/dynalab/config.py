@@ -1,0 +1,119 @@
+"""Typed run configuration, its validation, and its JSON form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dynalab.agents.sac import SACConfig
+
+
+Algo = Literal["sac"]
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; its message is one sentence."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run. Saved whole as `config.json` in the run folder."""
+
+    algo: Algo = "sac"
+    """Algorithm."""
+    env: str = "dmc:cheetah-run"
+    """Task id, e.g. dmc:cheetah-run or gym:Hopper-v5 (`dynalab envs` lists them)."""
+    seeds: int = 1
+    """Number of seeds trained together in one vmapped program."""
+    seed: int = 0
+    """First seed; the run trains seeds seed, seed+1, ..., seed+seeds-1."""
+    steps: int = 100_000
+    """Environment steps per seed."""
+    replay_ratio: int = 20
+    """Gradient updates per environment step."""
+    warmup_steps: int = 10_000
+    """Uniform-random exploration steps before learning starts."""
+    batch_size: int = 256
+    """Minibatch size of each gradient update."""
+    buffer_capacity: int | None = None
+    """Replay capacity per seed; default min(1e6, steps)."""
+    eval_every: int = 5_000
+    """Evaluate the deterministic policy every this many env steps (and at the end)."""
+    eval_episodes: int = 10
+    """Evaluation episodes per seed."""
+    log_every: int = 1_000
+    """Write training metrics every this many env steps."""
+    sac: SACConfig = field(default_factory=SACConfig)
+    """Actor-critic hyperparameters (seed 000, Table 1)."""
+
+    @property
+    def capacity(self) -> int:
+        return self.buffer_capacity if self.buffer_capacity is not None else min(1_000_000, self.steps)
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
+
+
+def _positive(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+
+
+def validate(cfg: TrainConfig, algos: list[str]) -> None:
+    """Raise ConfigError naming the first impossible value and the valid choices."""
+    from dynalab.envs import UnknownEnvError, env_spec  # lazy: simulators are slow to import
+
+    if cfg.algo not in algos:
+        raise ConfigError(f"unknown algo {cfg.algo!r}; choose one of: {', '.join(algos)}.")
+    try:
+        env_spec(cfg.env)
+    except UnknownEnvError as e:
+        raise ConfigError(str(e)) from None
+    for name in ("seeds", "steps", "replay_ratio", "batch_size", "eval_every", "eval_episodes", "log_every"):
+        _positive(name, getattr(cfg, name))
+    if cfg.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {cfg.seed}.")
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"--warmup-steps must be >= 0, got {cfg.warmup_steps}.")
+    if cfg.warmup_steps >= cfg.steps:
+        raise ConfigError(
+            f"--warmup-steps ({cfg.warmup_steps}) must be smaller than --steps ({cfg.steps}), "
+            "otherwise the agent never learns."
+        )
+    if cfg.buffer_capacity is not None:
+        _positive("buffer_capacity", cfg.buffer_capacity)
+    if cfg.capacity < cfg.batch_size:
+        raise ConfigError(f"buffer capacity ({cfg.capacity}) must be at least --batch-size ({cfg.batch_size}).")
+    s = cfg.sac
+    for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "adam_eps"):
+        if not getattr(s, name) > 0:
+            raise ConfigError(f"--sac.{name.replace('_', '-')} must be > 0, got {getattr(s, name)}.")
+    if not 0 <= s.discount < 1:
+        raise ConfigError(f"--sac.discount must be in [0, 1), got {s.discount}.")
+    if not 0 < s.tau <= 1:
+        raise ConfigError(f"--sac.tau must be in (0, 1], got {s.tau}.")
+    if not s.hidden or any(h <= 0 for h in s.hidden):
+        raise ConfigError(f"--sac.hidden must be positive layer widths, got {s.hidden}.")
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    d = dict(d)
+    sac = d.pop("sac", {})
+    if "hidden" in sac:
+        sac = {**sac, "hidden": tuple(sac["hidden"])}
+    return TrainConfig(**d, sac=SACConfig(**sac))
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load(path: Path) -> TrainConfig:
+    return from_dict(json.loads(path.read_text()))

@@ -1,0 +1,78 @@
+"""The single-environment protocol and helpers shared by the adapters."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from dynalab.types import EnvSpec
+
+# MuJoCo reports unlimited actuator ranges as +-mjMAXVAL (1e10); rescaling [-1, 1]
+# onto such a range would be meaningless, so those dimensions pass through.
+_UNBOUNDED = 1e10
+
+
+@runtime_checkable
+class Env(Protocol):
+    """One task instance with flat float32 observations and [-1, 1] actions."""
+
+    spec: EnvSpec
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        """Start an episode and return its first observation."""
+        ...
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Apply an action in [-1, 1]; return (obs, reward, terminated, truncated)."""
+        ...
+
+    def get_state(self) -> np.ndarray:
+        """Return the exact simulator state as a float64 vector of length state_dim."""
+        ...
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a vector from get_state so the next step matches the original."""
+        ...
+
+    def close(self) -> None:
+        """Release the simulator."""
+        ...
+
+
+class ActionScaler:
+    """Maps actions in [-1, 1] affinely onto the task's real bounds."""
+
+    def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
+        low = np.asarray(low, dtype=np.float64)
+        high = np.asarray(high, dtype=np.float64)
+        bounded = (np.abs(low) < _UNBOUNDED) & (np.abs(high) < _UNBOUNDED)
+        self.low = np.where(bounded, low, -1.0)
+        self.high = np.where(bounded, high, 1.0)
+        self._center = 0.5 * (self.high + self.low)
+        self._half = 0.5 * (self.high - self.low)
+
+    @property
+    def dim(self) -> int:
+        return int(self.low.shape[0])
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (self.dim,):
+            raise ValueError(f"action has shape {action.shape} but this env expects ({self.dim},).")
+        scaled = self._center + self._half * np.clip(action, -1.0, 1.0)
+        # Rounding in center + half * 1 can overshoot a bound by one ulp.
+        return np.clip(scaled, self.low, self.high)
+
+
+def check_state(state: np.ndarray, state_dim: int) -> np.ndarray:
+    """Return `state` as a float64 vector, or raise if its length is wrong."""
+    state = np.asarray(state, dtype=np.float64)
+    if state.shape != (state_dim,):
+        raise ValueError(
+            f"state has shape {state.shape} but this env's state vector has shape ({state_dim},)."
+        )
+    return state
+
+
+EPISODE_OVER = "step() was called after the episode ended; call reset() or set_state() first."

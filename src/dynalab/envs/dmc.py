@@ -1,0 +1,136 @@
+"""Adapter for dm_control suite tasks (dmc:<domain>-<task>)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import mujoco
+import numpy as np
+from dm_control import suite
+
+from dynalab.envs import mjstate
+from dynalab.envs.base import EPISODE_OVER, ActionScaler, check_state
+from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
+from dynalab.types import EnvSpec
+
+# Fixed, so every instance of a task gets the same state layout whatever its seed;
+# two loads catch load-time randomisation (lqr), several resets per-episode ones.
+_DETECT_SEEDS = (101, 202)
+_DETECT_RESETS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def randomised_entries(domain: str, task: str) -> ModelEntries:
+    """Model entries that differ between instances or episodes of a task."""
+    snapshots = []
+    for seed in _DETECT_SEEDS:
+        env = suite.load(domain, task, task_kwargs={"random": seed})
+        for _ in range(_DETECT_RESETS):
+            env.reset()
+            snapshots.append(numeric_arrays(env.physics.model.ptr))
+        env.close()
+    return changed_entries(snapshots)
+
+
+def flatten_obs(obs: dict[str, np.ndarray]) -> np.ndarray:
+    """Concatenate observation values in dict order as one float32 vector."""
+    return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in obs.values()])
+
+
+class DMCEnv:
+    """A dm_control suite task behind the dynalab Env protocol.
+
+    The state vector is MuJoCo's integration state followed by the model entries
+    the task randomises (see model_entries.py). set_state restores the physics
+    only: control.Environment's step counter restarts at 0, so a restored env
+    never reports a time-limit truncation on its next step and `terminated`
+    always comes from the task (dm_control would otherwise mask it at the limit).
+    """
+
+    def __init__(self, env_id: str, domain: str, task: str, seed: int) -> None:
+        self._entries = randomised_entries(domain, task)
+        self._env = suite.load(domain, task, task_kwargs={"random": seed})
+        self._physics = self._env.physics
+        self._model: mujoco.MjModel = self._physics.model.ptr
+        self._data: mujoco.MjData = self._physics.data.ptr
+        action_spec = self._env.action_spec()
+        self._scaler = ActionScaler(action_spec.minimum, action_spec.maximum)
+        self._nsim = mjstate.integration_size(self._model)
+        self._episode_over = True
+        self._has_reset = False
+        obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
+        limit = float(self._env._step_limit)
+        self.spec = EnvSpec(
+            env_id=env_id,
+            obs_dim=obs_dim,
+            action_dim=self._scaler.dim,
+            # 0 marks a task without a time limit (dmc:lqr-*).
+            max_episode_steps=int(round(limit)) if math.isfinite(limit) else 0,
+            state_dim=self._nsim + self._entries.size,
+        )
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self._model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self._data
+
+    @property
+    def action_low(self) -> np.ndarray:
+        return self._scaler.low
+
+    @property
+    def action_high(self) -> np.ndarray:
+        return self._scaler.high
+
+    @property
+    def randomised_model_fields(self) -> tuple[str, ...]:
+        """Names of the model arrays whose entries are part of the state."""
+        return self._entries.names
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        if seed is not None:
+            # Same generator suite.load builds from an int seed. Load-time
+            # randomisation (lqr's model) is not redone.
+            self._env.task._random = np.random.RandomState(seed)
+        timestep = self._env.reset()
+        self._episode_over = False
+        self._has_reset = True
+        return flatten_obs(timestep.observation)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        # dm_control silently resets when stepped after the last step.
+        if self._episode_over:
+            raise RuntimeError(EPISODE_OVER)
+        timestep = self._env.step(self._scaler(action))
+        terminated = truncated = False
+        if timestep.last():
+            terminated = float(timestep.discount) == 0.0
+            truncated = not terminated
+            self._episode_over = True
+        return flatten_obs(timestep.observation), float(timestep.reward), terminated, truncated
+
+    def get_state(self) -> np.ndarray:
+        return np.concatenate(
+            [mjstate.get_integration(self._model, self._data), self._entries.read(self._model)]
+        )
+
+    def set_state(self, state: np.ndarray) -> None:
+        state = check_state(state, self.spec.state_dim)
+        if not self._has_reset:
+            self.reset()  # the task sets per-episode attributes in initialize_episode
+        self._entries.write(self._model, state[self._nsim :])
+        mjstate.set_integration(self._model, self._data, state[: self._nsim])
+        # dm_control's Euler step begins with mj_step2, trusting that position and
+        # velocity quantities already match qpos (its steps end with mj_step1), so
+        # recompute them; forward leaves the restored warmstart untouched.
+        self._physics.forward()
+        self._env._step_count = 0
+        self._env._reset_next_step = False
+        self._episode_over = False
+
+    def close(self) -> None:
+        self._env.close()

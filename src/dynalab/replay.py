@@ -1,0 +1,70 @@
+"""Device-resident ring buffer of transitions (one per seed; vmap it over seeds).
+
+Every leaf of `data` carries a leading `capacity` axis; capacity is static (read from
+the array shapes), so all operations jit and vmap. Works for any pytree of arrays,
+not only `Transition`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+class ReplayBuffer(struct.PyTreeNode):
+    data: Any  # a Transition (or any pytree), each leaf shaped (capacity, ...)
+    position: jax.Array  # int32 scalar, the next index to write
+    size: jax.Array  # int32 scalar, number of filled entries (<= capacity)
+
+
+def capacity(buf: ReplayBuffer) -> int:
+    return jax.tree_util.tree_leaves(buf.data)[0].shape[0]
+
+
+def init_buffer(capacity: int, example: Any) -> ReplayBuffer:
+    """An empty buffer whose entries are zeros shaped and typed like `example` (one item)."""
+    data = jax.tree_util.tree_map(
+        lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.asarray(x).dtype), example
+    )
+    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
+
+
+def add(buf: ReplayBuffer, t: Any) -> ReplayBuffer:
+    """Write one item at `position`, overwriting the oldest entry once full."""
+    cap = capacity(buf)
+    data = jax.tree_util.tree_map(lambda d, x: d.at[buf.position].set(x), buf.data, t)
+    return buf.replace(
+        data=data,
+        position=(buf.position + 1) % cap,
+        size=jnp.minimum(buf.size + 1, cap),
+    )
+
+
+def add_batch(buf: ReplayBuffer, t: Any) -> ReplayBuffer:
+    """Write k items (leading axis k) in order; same result as k calls to `add`."""
+    cap = capacity(buf)
+    k = jax.tree_util.tree_leaves(t)[0].shape[0]
+    # With k > capacity only the last `capacity` items survive; dropping the rest
+    # statically keeps the scatter indices unique (duplicate-index order is unspecified).
+    skip = max(k - cap, 0)
+    if skip:
+        t = jax.tree_util.tree_map(lambda x: x[skip:], t)
+    idx = (buf.position + skip + jnp.arange(k - skip)) % cap
+    data = jax.tree_util.tree_map(lambda d, x: d.at[idx].set(x), buf.data, t)
+    return buf.replace(
+        data=data,
+        position=(buf.position + k) % cap,
+        size=jnp.minimum(buf.size + k, cap),
+    )
+
+
+def sample(buf: ReplayBuffer, key: jax.Array, batch_size: int) -> Any:
+    """Uniform sample with replacement from the filled entries [0, size).
+
+    An empty buffer returns copies of entry 0 (zeros); callers should fill it first.
+    """
+    idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buf.size, 1))
+    return jax.tree_util.tree_map(lambda d: d[idx], buf.data)
