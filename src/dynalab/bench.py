@@ -35,14 +35,16 @@ def _device() -> str:
     )
 
 
-def bench(cfg: TrainConfig, steps: int, learner_repeats: int = 20) -> dict:
-    """Time `steps` learning steps after warm-up and compilation; returns a JSON-able record.
+def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
+    """Time `cfg.steps` learning steps after warm-up and compilation; returns a JSON-able record.
 
     Phases are seconds per env step of the whole program (all seeds together): `env` (stepping
     the simulators), `learner` (acting + the jitted update call), each learner hook amortised
     over its interval, and evaluation amortised over `eval_every`.
     """
-    trainer = Trainer(cfg)
+    steps = cfg.steps
+    # The trainer itself runs warm-up, two compile steps and the measured steps.
+    trainer = Trainer(dataclasses.replace(cfg, steps=cfg.warmup_steps + steps + 3))
     try:
         while trainer.env_step < cfg.warmup_steps:
             trainer.step()

@@ -57,7 +57,8 @@ def np_actor(p, obs, log_std_min=-10.0, log_std_max=2.0):
     p = np64(p)["params"]
     h = relu(obs @ p["trunk"]["Dense_0"]["kernel"] + p["trunk"]["Dense_0"]["bias"])
     mean = h @ p["mean"]["kernel"] + p["mean"]["bias"]
-    log_std = np.clip(h @ p["log_std"]["kernel"] + p["log_std"]["bias"], log_std_min, log_std_max)
+    raw = h @ p["log_std"]["kernel"] + p["log_std"]["bias"]
+    log_std = log_std_min + (log_std_max - log_std_min) * (np.exp(2 * raw) / (np.exp(2 * raw) + 1))
     return mean, log_std
 
 
@@ -176,7 +177,7 @@ def test_critic_target_is_not_differentiated(state):
         np.testing.assert_array_equal(g, 0.0)
 
 
-@pytest.mark.parametrize("log_std_bias", [None, 30.0])  # 30 drives log_std into the clip at 2
+@pytest.mark.parametrize("log_std_bias", [None, 30.0])  # 30 saturates the tanh squash at log_std = 2
 def test_actor_loss_matches_numpy(state, log_std_bias):
     actor_params = state.actor_params
     if log_std_bias is not None:
@@ -304,7 +305,8 @@ def test_first_step_is_adam_with_config_eps():
     assert_trees_close(new.critic_params, expected, rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("log_std_bias, direction", [(0.0, -1), (-30.0, +1)])
+# atanh(2/3) squashes to log_std = 0 (std 1, high entropy); -30 to log_std = -10.
+@pytest.mark.parametrize("log_std_bias, direction", [(float(np.arctanh(2 / 3)), -1), (-30.0, +1)])
 def test_temperature_moves_toward_target_entropy(log_std_bias, direction):
     # Entropy above -|A|/2 must lower alpha; a near-deterministic policy must raise it.
     s = sac.init(jax.random.key(0), OBS_DIM, ACTION_DIM, CFG)
