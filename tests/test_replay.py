@@ -116,3 +116,18 @@ def test_arbitrary_pytree_data():
     np.testing.assert_array_equal(buf.data["flag"], [False, False, True])
     assert buf.data["flag"].dtype == jnp.bool_
     assert replay.sample(buf, jax.random.key(0), 5)["x"].shape == (5, 2)
+
+
+def test_add_masked_packs_only_selected_items_and_wraps():
+    add, add_masked = replay.add, replay.add_masked
+    buf = replay.init_buffer(5, jnp.zeros(()))
+    buf = add(add(add(buf, 1.0), 2.0), 3.0)  # position 3
+    items = jnp.array([10.0, 11.0, 12.0, 13.0])
+    mask = jnp.array([True, False, True, True])
+    out = jax.jit(add_masked)(buf, items, mask)
+    # 10 -> slot 3, 12 -> slot 4, 13 wraps to slot 0 (overwriting 1.0); 11 is dropped.
+    np.testing.assert_array_equal(out.data, [13.0, 2.0, 3.0, 10.0, 12.0])
+    assert int(out.position) == 1 and int(out.size) == 5
+    none = add_masked(buf, items, jnp.zeros(4, bool))
+    np.testing.assert_array_equal(none.data, buf.data)
+    assert int(none.position) == 3 and int(none.size) == 3

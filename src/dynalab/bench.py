@@ -15,7 +15,7 @@ import numpy as np
 from dynalab import __version__
 from dynalab.config import TrainConfig
 from dynalab.train import Trainer
-from dynalab.types import Transition
+from dynalab.types import Transition, state_bits
 
 
 def _commit() -> str | None:
@@ -88,6 +88,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
                 reward=np.zeros(len(trainer.seeds), np.float32),
                 next_obs=res_obs,
                 discount=np.ones(len(trainer.seeds), np.float32),
+                sim_state=state_bits(trainer.envs.get_states()) if trainer.batch.learner.needs_sim_state else None,
             )
         )
         state = trainer.state

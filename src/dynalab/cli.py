@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -11,62 +12,118 @@ import tyro
 
 from dynalab.config import ConfigError, TrainConfig
 
-# One flat set of run flags (--algo, --env, --replay-ratio, ...; SAC's as --sac.*).
+# One flat set of run flags (--algo, --env, --replay-ratio, ...; SAC's as --sac.*, the model's
+# as --model.*). Defaults are those of the algorithm named by --algo.
 RunFlags = Annotated[TrainConfig, tyro.conf.arg(name="")]
 
 
-def train(cfg: RunFlags, out: Path = Path("runs/default"), progress: bool = True) -> None:
-    """Train `--seeds` seeds of one algorithm on one task, in one vmapped program.
+@dataclass
+class Train:
+    """Train --seeds seeds of one algorithm on one task, in one vmapped program.
 
     Writes config.json, run.json and metrics.csv (columns step,seed,metric,value) into --out.
+    Defaults follow the algorithm chosen with --algo (e.g. ftfl turns on --model.target-norm
+    and --model.direct-next-state; --model.no-target-norm turns it off again).
     """
-    from dynalab.train import train as run
 
-    returns = run(cfg, out, progress=progress)
-    print(f"final eval return per seed: {[round(float(x), 1) for x in returns.mean(axis=1)]}")
-    print(f"run folder: {out}")
+    cfg: RunFlags = field(default_factory=TrainConfig)
+    out: Path = Path("runs/default")
+    """Run folder."""
+    progress: bool = True
+    """Show a progress bar with env steps per second and ETA."""
+
+    def run(self) -> None:
+        from dynalab.train import train
+
+        returns = train(self.cfg, self.out, progress=self.progress)
+        print(f"final eval return per seed: {[round(float(x), 1) for x in returns.mean(axis=1)]}")
+        print(f"run folder: {self.out}")
 
 
-BENCH_DEFAULTS = TrainConfig(steps=50, warmup_steps=1_000)
+BENCH_SIZE = {"steps": 50, "warmup_steps": 1_000}
 
 
-def bench(cfg: RunFlags = BENCH_DEFAULTS, json: Path | None = None) -> None:
+@dataclass
+class Bench:
     """Measure steady-state seconds per env step (compile time excluded), split by phase.
 
-    --steps learning steps are timed after --warmup-steps random steps fill the buffer and
-    the learning step, hooks and evaluation have compiled. The learner call is also timed
-    alone on device-resident data, so the loop's overhead over it is visible.
+    --steps learning steps are timed after --warmup-steps random steps fill the buffer and the
+    learning step, hooks and evaluation have compiled. Hooks (model refits, ...) are timed
+    alone and amortised over their interval; the learner call is also timed alone on
+    device-resident data, so the loop's overhead over it is visible.
     """
-    from dynalab.bench import bench as run_bench
-    from dynalab.bench import format_table, write_json
 
-    result = run_bench(cfg)
-    print(format_table(result))
-    if json is not None:
-        write_json(result, json)
-        print(f"wrote {json}")
+    cfg: RunFlags = field(default_factory=lambda: TrainConfig(**BENCH_SIZE))
+    json: Path | None = None
+    """Also write the measurements, with command, commit, date and device, to this file."""
+
+    def run(self) -> None:
+        from dynalab.bench import bench, format_table, write_json
+
+        result = bench(self.cfg)
+        print(format_table(result))
+        if self.json is not None:
+            write_json(result, self.json)
+            print(f"wrote {self.json}")
 
 
-def envs() -> None:
+@dataclass
+class Envs:
     """List every task id: Gym6 and DMC15 (the papers' suites) first, then all others."""
-    from dynalab.envs import DMC15, GYM6, list_envs
 
-    for env_id in list_envs():
-        tag = "gym6" if env_id in GYM6 else "dmc15" if env_id in DMC15 else ""
-        print(f"{tag:<6} {env_id}")
+    def run(self) -> None:
+        from dynalab.envs import DMC15, GYM6, list_envs
+
+        for env_id in list_envs():
+            tag = "gym6" if env_id in GYM6 else "dmc15" if env_id in DMC15 else ""
+            print(f"{tag:<6} {env_id}")
+
+
+COMMANDS: dict[str, type] = {"train": Train, "bench": Bench, "envs": Envs}
+
+
+def _algo_in(args: list[str]) -> str:
+    """The --algo value, read ahead of parsing so its defaults can be the parser's defaults."""
+    from dynalab.algos import ALGOS
+
+    for i, a in enumerate(args):
+        value = a.split("=", 1)[1] if a.startswith("--algo=") else args[i + 1] if a == "--algo" and i + 1 < len(args) else None
+        if value is not None:
+            return value if value in ALGOS else "sac"  # tyro then rejects the bad name, listing choices
+    return "sac"
+
+
+def _usage() -> str:
+    from dynalab.algos import ALGOS
+
+    lines = ["usage: dynalab {train,bench,envs} [--help] ...", "",
+             "dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.", "", "commands:"]
+    lines += [f"  {name:<7} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
+    lines += ["", "algorithms (--algo):"] + [f"  {name:<11} {a.summary}" for name, a in ALGOS.items()]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    from dynalab.algos import default_config
     from dynalab.envs import UnknownEnvError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"dynalab: error: unknown command {name!r}; choose one of: {', '.join(COMMANDS)}.", file=sys.stderr)
+        sys.exit(2)
+    command = COMMANDS[name]
     try:
-        tyro.extras.subcommand_cli_from_dict(
-            {"train": train, "bench": bench, "envs": envs},
-            prog="dynalab",
-            description="dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.",
-            args=argv,
-        )
+        if name in ("train", "bench"):
+            defaults = default_config(_algo_in(rest), **(BENCH_SIZE if name == "bench" else {}))
+            parsed = tyro.cli(command, default=command(cfg=defaults), args=rest, prog=f"dynalab {name}")
+        else:
+            parsed = tyro.cli(command, args=rest, prog=f"dynalab {name}")
+        parsed.run()
     except (ConfigError, UnknownEnvError) as e:
         print(f"dynalab: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dynalab.agents.sac import SACConfig
+from dynalab.models.ensemble import ModelConfig
 
-
-Algo = Literal["sac"]
+Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned"]
 
 
 class ConfigError(ValueError):
@@ -46,8 +46,38 @@ class TrainConfig:
     """Evaluation episodes per seed."""
     log_every: int = 1_000
     """Write training metrics every this many env steps."""
+    reset_agent_every: int = 0
+    """Re-initialise actor, critic, target critic and temperature every N env steps (0: never)."""
     sac: SACConfig = field(default_factory=SACConfig)
     """Actor-critic hyperparameters (seed 000, Table 1)."""
+
+    # Dyna-style algorithms (mbpo, ftfl, ftfl-tuned); SAC ignores these.
+    synthetic_ratio: float = 0.95
+    """Fraction S of every training batch drawn from synthetic (model) data, in [0, 1)."""
+    rollouts_per_step: int = 400
+    """Model rollouts started per env step, from states sampled out of the real buffer."""
+    rollout_horizon: int = 1
+    """Model rollout length (ignored when --horizon-schedule is given)."""
+    horizon_schedule: tuple[int, int, int, int] | None = None
+    """MBPO's linear horizon schedule: START END MIN MAX (env steps, horizons)."""
+    synthetic_retain_steps: int = 1_000
+    """The synthetic buffer keeps the rollouts of the last N env steps."""
+    model_refit_every: int = 250
+    """Refit the model every N env steps."""
+    reset_model_every: int = 0
+    """Re-initialise the model's parameters every N env steps (0: never)."""
+    perfect_model: bool = False
+    """Replace the learned model by the simulator itself (restored to each sampled real state)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Dynamics-reward ensemble (seed 000 Table 2; FTFL's switches)."""
+
+    @property
+    def max_horizon(self) -> int:
+        return self.horizon_schedule[3] if self.horizon_schedule else self.rollout_horizon
+
+    @property
+    def synthetic_capacity(self) -> int:
+        return self.rollouts_per_step * self.max_horizon * self.synthetic_retain_steps
 
     @property
     def capacity(self) -> int:
@@ -97,6 +127,32 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         raise ConfigError(f"--sac.tau must be in (0, 1], got {s.tau}.")
     if not s.hidden or any(h <= 0 for h in s.hidden):
         raise ConfigError(f"--sac.hidden must be positive layer widths, got {s.hidden}.")
+    for name in ("reset_agent_every", "reset_model_every"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 means never), got {getattr(cfg, name)}.")
+    if not 0 <= cfg.synthetic_ratio < 1:
+        raise ConfigError(f"--synthetic-ratio must be in [0, 1), got {cfg.synthetic_ratio}.")
+    for name in ("rollouts_per_step", "rollout_horizon", "synthetic_retain_steps", "model_refit_every"):
+        _positive(name, getattr(cfg, name))
+    if cfg.horizon_schedule is not None:
+        start, end, lo, hi = cfg.horizon_schedule
+        if not (0 <= start < end and 1 <= lo <= hi):
+            raise ConfigError(
+                f"--horizon-schedule must be START END MIN MAX with 0 <= START < END and 1 <= MIN <= MAX, "
+                f"got {cfg.horizon_schedule}."
+            )
+    m = cfg.model
+    for name in ("ensemble_size", "num_elites", "width", "depth", "batch_size", "refit_steps"):
+        if not isinstance(getattr(m, name), int) or getattr(m, name) <= 0:
+            raise ConfigError(f"--model.{name.replace('_', '-')} must be a positive integer, got {getattr(m, name)!r}.")
+    if m.num_elites > m.ensemble_size:
+        raise ConfigError(
+            f"--model.num-elites ({m.num_elites}) cannot exceed --model.ensemble-size ({m.ensemble_size})."
+        )
+    if not m.lr > 0:
+        raise ConfigError(f"--model.lr must be > 0, got {m.lr}.")
+    if not 0 < m.holdout_ratio < 1:
+        raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -108,7 +164,12 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     sac = d.pop("sac", {})
     if "hidden" in sac:
         sac = {**sac, "hidden": tuple(sac["hidden"])}
-    return TrainConfig(**d, sac=SACConfig(**sac))
+    model = d.pop("model", {})
+    if model.get("weight_decay") is not None:
+        model = {**model, "weight_decay": tuple(model["weight_decay"])}
+    if d.get("horizon_schedule") is not None:
+        d["horizon_schedule"] = tuple(d["horizon_schedule"])
+    return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model))
 
 
 def save(cfg: TrainConfig, path: Path) -> None:

@@ -61,6 +61,25 @@ def add_batch(buf: ReplayBuffer, t: Any) -> ReplayBuffer:
     )
 
 
+def add_masked(buf: ReplayBuffer, t: Any, mask: jax.Array) -> ReplayBuffer:
+    """Write only the items where `mask` is True, in order, packed after `position`.
+
+    Shapes stay static: unwanted items are scattered out of bounds and dropped. Used for
+    multi-step rollouts, whose terminated branches stop producing transitions. Assumes
+    k <= capacity.
+    """
+    cap = capacity(buf)
+    offset = jnp.cumsum(mask) - 1
+    n = jnp.sum(mask).astype(jnp.int32)
+    idx = jnp.where(mask, (buf.position + offset) % cap, cap)
+    data = jax.tree_util.tree_map(lambda d, x: d.at[idx].set(x, mode="drop"), buf.data, t)
+    return buf.replace(
+        data=data,
+        position=(buf.position + n) % cap,
+        size=jnp.minimum(buf.size + n, cap),
+    )
+
+
 def sample(buf: ReplayBuffer, key: jax.Array, batch_size: int) -> Any:
     """Uniform sample with replacement from the filled entries [0, size).
 

@@ -21,7 +21,7 @@ from dynalab.algos.base import Metrics, SeedBatch, seed_roots
 from dynalab.config import ConfigError, TrainConfig
 from dynalab.envs import BatchEnv, StepResult, env_spec
 from dynalab.metrics import MetricsWriter
-from dynalab.types import Transition
+from dynalab.types import Transition, state_bits
 
 
 def train_env_seed(seed: int) -> int:
@@ -77,6 +77,7 @@ class Trainer:
             action = self.batch.random_action(self.roots, self.env_step)
         action = np.asarray(action)
         t0 = self.timer.add("learner", t0)
+        sim_state = state_bits(self.envs.get_states()) if self.batch.learner.needs_sim_state else None
         res = self.envs.step(action)
         transition = Transition(
             obs=self.obs,
@@ -84,6 +85,7 @@ class Trainer:
             reward=res.reward,
             next_obs=res.next_obs,
             discount=(~res.terminated).astype(np.float32),
+            sim_state=sim_state,
         )
         t0 = self.timer.add("env", t0)
         if learning:

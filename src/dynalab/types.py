@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
+import numpy as np
 from flax import struct
 
 
@@ -24,7 +25,8 @@ class Transition:
     """One (s, a, r, s') with the bootstrap mask; leading axes are added by batching.
 
     `discount` is 0.0 on true termination and 1.0 otherwise (time-limit truncation
-    bootstraps).
+    bootstraps). `sim_state` is present only when a perfect model needs it: the simulator
+    state before the step, its float64 bits stored as uint32 pairs (see `state_bits`).
     """
 
     obs: jax.Array
@@ -32,3 +34,16 @@ class Transition:
     reward: jax.Array
     next_obs: jax.Array
     discount: jax.Array
+    sim_state: jax.Array | None = None
+
+    def without_sim_state(self) -> "Transition":
+        return self.replace(sim_state=None)
+
+
+def state_bits(state: np.ndarray) -> np.ndarray:
+    """float64 simulator states -> uint32 pairs, so they travel exactly without jax_enable_x64."""
+    return np.ascontiguousarray(state, dtype=np.float64).view(np.uint32)
+
+
+def bits_state(bits: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(bits, dtype=np.uint32).view(np.float64)

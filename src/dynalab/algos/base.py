@@ -51,6 +51,8 @@ class Learner:
     update: Callable[[State, Transition, jax.Array], tuple[State, Metrics]]
     """Store one real transition and do all learning of one env step."""
     hooks: tuple[Hook, ...] = ()
+    needs_sim_state: bool = False
+    """Whether real transitions must carry the simulator state (the perfect model)."""
 
 
 def step_key(root: jax.Array, step: jax.Array, stream: int) -> jax.Array:

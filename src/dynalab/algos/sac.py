@@ -10,7 +10,7 @@ from flax import struct
 
 from dynalab import replay
 from dynalab.agents import sac
-from dynalab.algos.base import Learner, Metrics
+from dynalab.algos.base import Hook, Learner, Metrics
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec, Transition
 
@@ -21,10 +21,11 @@ class SACLearnerState:
     buffer: replay.ReplayBuffer
 
 
-def empty_transition(spec: EnvSpec) -> Transition:
+def empty_transition(spec: EnvSpec, with_sim_state: bool = False) -> Transition:
     z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
     return Transition(
-        obs=z(spec.obs_dim), action=z(spec.action_dim), reward=z(), next_obs=z(spec.obs_dim), discount=z()
+        obs=z(spec.obs_dim), action=z(spec.action_dim), reward=z(), next_obs=z(spec.obs_dim), discount=z(),
+        sim_state=jnp.zeros(2 * spec.state_dim, jnp.uint32) if with_sim_state else None,
     )
 
 
@@ -48,11 +49,13 @@ def gradient_steps(
     return agent, jax.tree.map(jnp.mean, metrics)
 
 
-def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
+def make(cfg: TrainConfig, spec: EnvSpec, store_sim_state: bool = False) -> Learner:
+    """SAC with replay; `store_sim_state` keeps simulator states in the buffer (perfect model)."""
+
     def init(key):
         return SACLearnerState(
             agent=sac.init(key, spec.obs_dim, spec.action_dim, cfg.sac),
-            buffer=replay.init_buffer(cfg.capacity, empty_transition(spec)),
+            buffer=replay.init_buffer(cfg.capacity, empty_transition(spec, store_sim_state)),
         )
 
     def explore(state, obs, key):
@@ -66,7 +69,15 @@ def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
 
     def update(state, t, key):
         buffer = replay.add(state.buffer, t)
-        agent, metrics = gradient_steps(cfg, state.agent, lambda k: replay.sample(buffer, k, cfg.batch_size), key)
+        agent, metrics = gradient_steps(
+            cfg, state.agent, lambda k: replay.sample(buffer, k, cfg.batch_size).without_sim_state(), key
+        )
         return state.replace(agent=agent, buffer=buffer), metrics
 
-    return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update)
+    def reset_agent(state, key):
+        """Fresh actor, critic, target critic and temperature (seed 000, section 5); replay is kept."""
+        return state.replace(agent=sac.reset(cfg.sac, state.agent, key)), {}
+
+    hooks = (Hook("reset_agent", cfg.reset_agent_every, reset_agent),) if cfg.reset_agent_every else ()
+    return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update,
+                   hooks=hooks, needs_sim_state=store_sim_state)

@@ -1,0 +1,210 @@
+"""MBPO and FTFL: the SAC learner plus a dynamics-reward model and short model rollouts (Dyna).
+
+Per env step, one compiled call: store the real transition, branch `rollouts_per_step`
+model rollouts from real states with the current policy, store them in a synthetic buffer,
+then do the SAC updates on batches mixing a fraction `synthetic_ratio` of synthetic data.
+Model refits, model/agent resets and diagnostics are periodic hooks. FTFL is this learner
+with the model's `target_norm` and `direct_next_state` switches on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from dynalab import replay
+from dynalab.agents import sac
+from dynalab.algos import sac as sac_learner
+from dynalab.algos.base import Hook, Learner
+from dynalab.config import TrainConfig
+from dynalab.envs.termination import has_termination_fn, termination_fn
+from dynalab.models import ensemble
+from dynalab.models.perfect import Simulator
+from dynalab.types import EnvSpec, Transition
+
+
+@struct.dataclass
+class DynaState:
+    sac: sac_learner.SACLearnerState  # actor-critic and the real replay buffer
+    model: Any  # EnsembleState, or None with a perfect model
+    synthetic: replay.ReplayBuffer
+    env_step: jax.Array  # int32: env steps seen, for the horizon schedule
+
+
+def rollout_horizon(cfg: TrainConfig, env_step: jax.Array) -> jax.Array:
+    """MBPO's linear schedule from MIN to MAX between env steps START and END, else fixed."""
+    if cfg.horizon_schedule is None:
+        return jnp.int32(cfg.rollout_horizon)
+    start, end, lo, hi = cfg.horizon_schedule
+    frac = jnp.clip((env_step - start) / (end - start), 0.0, 1.0)
+    return jnp.floor(lo + frac * (hi - lo)).astype(jnp.int32)
+
+
+def mixed_sampler(real: replay.ReplayBuffer, synthetic: replay.ReplayBuffer, ratio, batch_size: int):
+    """Minibatches whose first round(ratio * batch) rows are synthetic, the rest real.
+
+    The real rows use the SAC learner's key unchanged, and a static ratio of 0 compiles to
+    SAC's own sampler, so S = 0 reproduces SAC bit for bit; `ratio` may also be a traced
+    scalar (a vmapped sweep).
+    """
+    if isinstance(ratio, (int, float)) and ratio == 0:
+        return lambda key: replay.sample(real, key, batch_size).without_sim_state()
+    n_synthetic = jnp.round(ratio * batch_size).astype(jnp.int32)
+    take = jnp.arange(batch_size) < n_synthetic
+
+    def sample(key):
+        r = replay.sample(real, key, batch_size).without_sim_state()
+        s = replay.sample(synthetic, jax.random.fold_in(key, 1), batch_size)
+        pick = lambda a, b: jnp.where(take.reshape(-1, *([1] * (a.ndim - 1))), b, a)  # noqa: E731
+        return jax.tree.map(pick, r, s)
+
+    return sample
+
+
+class LearnedDynamics:
+    """The probabilistic ensemble (seed 000 Table 2), optionally with FTFL's switches."""
+
+    needs_sim_state = False
+
+    def __init__(self, cfg: TrainConfig, spec: EnvSpec):
+        self.cfg, self.spec = cfg, spec
+        self.terminated = termination_fn(cfg.env) if has_termination_fn(cfg.env) else None
+        if self.terminated is None and cfg.env.startswith("gym:"):
+            raise ValueError(
+                f"no known termination function for {cfg.env}; model rollouts would never terminate. "
+                "Supported Gym tasks: Hopper, Walker2d, Ant, Humanoid, InvertedPendulum, HalfCheetah (-v5)."
+            )
+
+    def init(self, key):
+        return ensemble.init(key, self.spec.obs_dim, self.spec.action_dim, self.cfg.model)
+
+    def step(self, model, obs, action, sim_state, key):
+        next_obs, reward = ensemble.sample_step(self.cfg.model, model, obs, action, key)
+        terminated = self.terminated(obs, action, next_obs) if self.terminated else jnp.zeros(obs.shape[:-1], bool)
+        return next_obs, reward, terminated, sim_state
+
+    def hooks(self) -> list[Hook]:
+        cfg = self.cfg
+        hooks = []
+        if cfg.reset_model_every:
+            # Before the refit that falls on the same step, so a reset model is never used unfitted.
+            hooks.append(Hook("reset_model", cfg.reset_model_every,
+                              lambda s, k: (s.replace(model=ensemble.reset(cfg.model, s.model, k)), {})))
+
+        def refit(s, k):
+            model, metrics = ensemble.fit(cfg.model, s.model, s.sac.buffer, k)
+            return s.replace(model=model), metrics
+
+        hooks.append(Hook("model_fit", cfg.model_refit_every, refit))
+        return hooks
+
+    def diagnostics(self, model, batch: Transition) -> dict:
+        return ensemble.diagnostics(self.cfg.model, model, batch.without_sim_state())
+
+
+class PerfectDynamics:
+    """The simulator restored to each sampled state: no model error at all (seed 000, 4.2)."""
+
+    needs_sim_state = True
+
+    def __init__(self, cfg: TrainConfig, spec: EnvSpec):
+        self.simulator = Simulator(spec)
+
+    def init(self, key):
+        return None
+
+    def step(self, model, obs, action, sim_state, key):
+        return self.simulator.step(sim_state, action)
+
+    def hooks(self) -> list[Hook]:
+        return []
+
+    def diagnostics(self, model, batch: Transition) -> dict:
+        return {}
+
+
+def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
+    dynamics = PerfectDynamics(cfg, spec) if cfg.perfect_model else LearnedDynamics(cfg, spec)
+    base = sac_learner.make(cfg, spec, store_sim_state=dynamics.needs_sim_state)
+    empty = sac_learner.empty_transition(spec)
+
+    def init(key):
+        # SAC gets the very key plain SAC would, so synthetic ratio 0 reproduces SAC exactly.
+        return DynaState(
+            sac=base.init(key),
+            model=dynamics.init(jax.random.fold_in(key, 1)),
+            synthetic=replay.init_buffer(cfg.synthetic_capacity, empty),
+            env_step=jnp.int32(0),
+        )
+
+    def explore(state, obs, key):
+        return base.explore(state.sac, obs, key)
+
+    def exploit(state, obs):
+        return base.exploit(state.sac, obs)
+
+    def observe(state, t):
+        return state.replace(sac=base.observe(state.sac, t), env_step=state.env_step + 1)
+
+    def rollouts(state, real, agent, key):
+        """Branch model rollouts from real states; returns the grown synthetic buffer."""
+        k_start, k_steps = jax.random.split(key)
+        start = replay.sample(real, k_start, cfg.rollouts_per_step)
+        obs, sim_state = start.obs, start.sim_state
+        horizon = rollout_horizon(cfg, state.env_step)
+        alive = jnp.ones(cfg.rollouts_per_step, bool)
+        synthetic = state.synthetic
+        first_reward = None
+        for i in range(cfg.max_horizon):  # static and short (1 by default)
+            k_act, k_model = jax.random.split(jax.random.fold_in(k_steps, i))
+            action = sac.sample_action(cfg.sac, agent.actor_params, obs, k_act)
+            next_obs, reward, terminated, sim_state = dynamics.step(state.model, obs, action, sim_state, k_model)
+            t = Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
+                           discount=1.0 - terminated.astype(jnp.float32))
+            synthetic = replay.add_masked(synthetic, t, alive & (i < horizon))
+            first_reward = reward if first_reward is None else first_reward
+            alive = alive & ~terminated
+            obs = next_obs
+        return synthetic, {"rollout/horizon": horizon.astype(jnp.float32),
+                           "rollout/reward_mean": first_reward.mean()}
+
+    def update(state, t, key):
+        real = replay.add(state.sac.buffer, t)
+        synthetic, roll_metrics = rollouts(state, real, state.sac.agent, jax.random.fold_in(key, 7))
+        sample = mixed_sampler(real, synthetic, cfg.synthetic_ratio, cfg.batch_size)
+        agent, metrics = sac_learner.gradient_steps(cfg, state.sac.agent, sample, key)
+        # SAC's `q/mean_real` is over the mixed batch here; the diagnostics hook measures each part.
+        metrics = {("q/mean_batch" if k == "q/mean_real" else k): v for k, v in metrics.items()}
+        state = state.replace(sac=state.sac.replace(agent=agent, buffer=real), synthetic=synthetic,
+                              env_step=state.env_step + 1)
+        return state, {**metrics, **roll_metrics}
+
+    def diagnostics(state, key):
+        k_real, k_syn = jax.random.split(key)
+        real = replay.sample(state.sac.buffer, k_real, cfg.batch_size)
+        syn = replay.sample(state.synthetic, k_syn, cfg.batch_size)
+        critic = state.sac.agent.critic_params
+        metrics = {
+            "q/mean_real": sac.q_values(cfg.sac, critic, real.obs, real.action).mean(),
+            "q/mean_synthetic": sac.q_values(cfg.sac, critic, syn.obs, syn.action).mean(),
+            "reward/mean_real": real.reward.mean(),
+            "reward/mean_synthetic": syn.reward.mean(),
+            **dynamics.diagnostics(state.model, real),
+        }
+        return state, metrics
+
+    hooks = [
+        *dynamics.hooks(),
+        *[Hook(h.name, h.every, lambda s, k, fn=h.fn: _on_sac(s, fn, k)) for h in base.hooks],
+        Hook("diagnostics", cfg.log_every, diagnostics),
+    ]
+    return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update,
+                   hooks=tuple(hooks), needs_sim_state=dynamics.needs_sim_state)
+
+
+def _on_sac(state: DynaState, fn, key):
+    sac_state, metrics = fn(state.sac, key)
+    return state.replace(sac=sac_state), metrics

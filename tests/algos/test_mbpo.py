@@ -1,0 +1,159 @@
+"""MBPO/FTFL: composition with SAC, rollouts, the perfect model, seed independence."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dynalab import replay
+from dynalab.agents.sac import SACConfig
+from dynalab.algos import default_config, make_learner
+from dynalab.algos.mbpo import rollout_horizon
+from dynalab.envs import DMC15, GYM6, env_spec, make_env
+from dynalab.envs.termination import termination_fn
+from dynalab.metrics import read
+from dynalab.models.ensemble import ModelConfig
+from dynalab.models.perfect import Simulator
+from dynalab.train import train
+from dynalab.types import Transition, state_bits
+
+TINY_MODEL = ModelConfig(width=16, depth=2, refit_steps=20, batch_size=32, max_holdout=64)
+TINY = default_config(
+    "mbpo",
+    env="gym:InvertedPendulum-v5",
+    steps=240,
+    warmup_steps=100,
+    replay_ratio=2,
+    batch_size=32,
+    eval_every=120,
+    eval_episodes=2,
+    log_every=60,
+    rollouts_per_step=8,
+    synthetic_retain_steps=50,
+    model_refit_every=60,
+    sac=SACConfig(hidden=(32, 32)),
+    model=TINY_MODEL,
+)
+
+
+def learning_rows(path, rename=None):
+    rename = rename or {}
+    return {(s, k, rename.get(m, m)): v for s, k, m, v in read(path) if not m.startswith("time/")}
+
+
+def test_synthetic_ratio_zero_reproduces_sac(tmp_path):
+    train(dataclasses.replace(TINY, synthetic_ratio=0.0), tmp_path / "mbpo", progress=False)
+    train(dataclasses.replace(TINY, algo="sac"), tmp_path / "sac", progress=False)
+    mbpo = learning_rows(tmp_path / "mbpo" / "metrics.csv", rename={"q/mean_batch": "q/mean_real"})
+    sac = learning_rows(tmp_path / "sac" / "metrics.csv")
+    shared = {k for k in sac if k[2].startswith(("loss/", "sac/", "eval/", "train/"))} | {
+        k for k in sac if k[2] == "q/mean_real" and k[0] % TINY.log_every == 0
+    }
+    assert len(shared) > 20
+    # The learning curves are identical number for number: S = 0 is SAC.
+    assert {k: mbpo[k] for k in shared if k[2] != "q/mean_real"} == {k: sac[k] for k in shared if k[2] != "q/mean_real"}
+
+
+def test_rollouts_branch_from_real_states_and_respect_termination():
+    cfg = dataclasses.replace(TINY, rollouts_per_step=64, synthetic_retain_steps=4)
+    spec = env_spec(cfg.env)
+    learner = make_learner(cfg, spec)
+    state = learner.init(jax.random.PRNGKey(0))
+    # Real data from the real env, including states about to fall over.
+    env, rng = make_env(cfg.env, 0), np.random.default_rng(0)
+    obs = env.reset()
+    for _ in range(200):
+        a = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)
+        o2, r, term, trunc = env.step(a)
+        t = Transition(obs=obs, action=a, reward=np.float32(r), next_obs=o2, discount=np.float32(not term))
+        state = learner.observe(state, jax.tree.map(jnp.asarray, t))
+        obs = env.reset() if term or trunc else o2
+    state, _ = jax.jit(learner.hooks[0].fn)(state, jax.random.PRNGKey(1))  # fit the model
+    state, metrics = jax.jit(learner.update)(state, jax.tree.map(jnp.asarray, t), jax.random.PRNGKey(2))
+    syn = state.synthetic
+    assert int(syn.size) == 64 and syn.data.obs.shape == (64 * 4, spec.obs_dim)
+    rows = jax.tree.map(lambda x: np.asarray(x[:64]), syn.data)
+    real_obs = np.asarray(state.sac.buffer.data.obs[: int(state.sac.buffer.size)])
+    # Every rollout starts from a stored real state.
+    assert all((real_obs == o).all(axis=1).any() for o in rows.obs)
+    assert np.all(np.abs(rows.action) <= 1)
+    expected_done = np.asarray(termination_fn(cfg.env)(rows.obs, rows.action, rows.next_obs))
+    np.testing.assert_array_equal(rows.discount, 1.0 - expected_done)
+    assert expected_done.any() and not expected_done.all()  # random data makes some rollouts fall
+    assert np.isfinite(rows.next_obs).all() and np.isfinite(rows.reward).all()
+    assert float(metrics["rollout/horizon"]) == 1.0
+
+
+def test_horizon_schedule_is_linear_between_its_ends():
+    cfg = dataclasses.replace(TINY, horizon_schedule=(1000, 5000, 1, 5))
+    hs = [int(rollout_horizon(cfg, jnp.int32(s))) for s in (0, 1000, 2000, 3000, 4999, 5000, 9000)]
+    assert hs == [1, 1, 2, 3, 4, 5, 5]
+    assert int(rollout_horizon(TINY, jnp.int32(123))) == 1
+
+
+def test_multi_step_rollouts_stop_at_termination():
+    cfg = dataclasses.replace(TINY, rollouts_per_step=32, rollout_horizon=3, synthetic_retain_steps=2)
+    learner = make_learner(cfg, env_spec(cfg.env))
+    state = learner.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # far-from-upright states: rollouts terminate early
+        o = rng.normal(0, 0.3, 4).astype(np.float32)
+        t = Transition(obs=o, action=np.zeros(1, np.float32), reward=np.float32(1), next_obs=o, discount=np.float32(1))
+        state = learner.observe(state, jax.tree.map(jnp.asarray, t))
+    state, _ = jax.jit(learner.update)(state, jax.tree.map(jnp.asarray, t), jax.random.PRNGKey(3))
+    n = int(state.synthetic.size)
+    data = jax.tree.map(lambda x: np.asarray(x[:n]), state.synthetic.data)
+    # Stored step by step: 32 first steps, then the survivors' second steps, then third steps,
+    # each continuing from the previous step's next state, in order.
+    start, alive = 0, np.arange(32)
+    for _ in range(3):
+        rows = slice(start, start + len(alive))
+        if start:
+            np.testing.assert_array_equal(data.obs[rows], prev_next[~prev_done])
+        prev_next, prev_done = data.next_obs[rows], data.discount[rows] == 0
+        start, alive = start + len(alive), alive[~prev_done]
+    assert start == n and 32 < n < 96  # some rollouts terminated early, some went on
+
+
+@pytest.mark.parametrize("env_id", GYM6 + DMC15)
+def test_perfect_model_transition_equals_the_real_environment(env_id):
+    spec = env_spec(env_id)
+    env, rng = make_env(env_id, 3), np.random.default_rng(1)
+    env.reset()
+    states, actions, expected = [], [], []
+    for _ in range(6):
+        a = rng.uniform(-1, 1, spec.action_dim).astype(np.float32)  # as the policy emits
+        states.append(env.get_state())
+        o, r, term, _ = env.step(a)
+        actions.append(a)
+        expected.append((o, r, term))
+        if term:
+            break
+    sim = Simulator(spec)
+    bits = jnp.asarray(state_bits(np.stack(states)))
+    next_obs, reward, terminated, _ = jax.jit(sim.step)(bits, jnp.asarray(np.stack(actions)))
+    np.testing.assert_array_equal(np.asarray(next_obs), np.stack([e[0] for e in expected]))
+    np.testing.assert_array_equal(np.asarray(reward), np.array([e[1] for e in expected], np.float32))
+    np.testing.assert_array_equal(np.asarray(terminated), [e[2] for e in expected])
+
+
+def test_perfect_model_trains(tmp_path):
+    cfg = dataclasses.replace(TINY, perfect_model=True, steps=130, eval_every=130, log_every=130)
+    train(cfg, tmp_path, progress=False)
+    rows = {m: v for _, _, m, v in read(tmp_path / "metrics.csv")}
+    assert "model/pct_error" not in rows  # no learned model to diagnose
+    assert np.isfinite(rows["q/mean_synthetic"]) and np.isfinite(rows["eval/return"])
+
+
+def test_seed_inside_a_batch_matches_it_alone(tmp_path):
+    cfg = dataclasses.replace(TINY, algo="ftfl", model=dataclasses.replace(TINY_MODEL, target_norm=True,
+                                                                            direct_next_state=True))
+    train(dataclasses.replace(cfg, seeds=2), tmp_path / "two", progress=False)
+    train(dataclasses.replace(cfg, seed=1), tmp_path / "alone", progress=False)
+    alone = learning_rows(tmp_path / "alone" / "metrics.csv")
+    batch = {k: v for k, v in learning_rows(tmp_path / "two" / "metrics.csv").items() if k[1] == 1}
+    assert alone.keys() == batch.keys() and any(k[2] == "model/pct_error" for k in alone)
+    keys = sorted(alone)
+    np.testing.assert_allclose([batch[k] for k in keys], [alone[k] for k in keys], rtol=1e-3, atol=1e-4)
