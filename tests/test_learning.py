@@ -26,3 +26,30 @@ def test_sac_learns(env, steps, threshold, tmp_path):
     print(f"\n{env}: mean eval return over 2 seeds by env step: "
           + ", ".join(f"{s}: {v:.1f}" for s, v in curve.items()))
     assert max(curve.values()) >= threshold
+
+
+def first_step_reaching(path, threshold):
+    rows = [(s, v) for s, _, m, v in read(path) if m == "eval/return"]
+    curve = {s: np.mean([v for s2, v in rows if s2 == s]) for s in sorted({s for s, _ in rows})}
+    hit = [s for s, v in curve.items() if v >= threshold]
+    return (hit[0] if hit else None), curve
+
+
+@pytest.mark.slow
+def test_mbpo_reaches_900_sooner_than_sac_on_inverted_pendulum(tmp_path):
+    """CPU-sized MBPO (model refits of 500 steps instead of 5000) vs SAC, both at replay ratio 5."""
+    from dynalab.algos import default_config
+    from dynalab.models.ensemble import ModelConfig
+
+    common = dict(env="gym:InvertedPendulum-v5", seeds=2, steps=10_000, replay_ratio=5, warmup_steps=1_000,
+                  eval_every=500, eval_episodes=10)
+    runs = {"sac": default_config("sac", **common),
+            "mbpo": default_config("mbpo", **common, model=ModelConfig(refit_steps=500))}
+    hits = {}
+    for name, cfg in runs.items():
+        train(cfg, tmp_path / name, progress=False)
+        hits[name], curve = first_step_reaching(tmp_path / name / "metrics.csv", 900.0)
+        print(f"\n{name}: first step with mean eval return >= 900: {hits[name]}; curve: "
+              + ", ".join(f"{s}: {v:.0f}" for s, v in curve.items()))
+    assert hits["mbpo"] is not None
+    assert hits["sac"] is None or hits["mbpo"] < hits["sac"]

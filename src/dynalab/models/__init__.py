@@ -1,0 +1,1 @@
+"""Learned dynamics-reward models (the probabilistic ensemble of MBPO / FTFL)."""
