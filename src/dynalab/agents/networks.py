@@ -7,13 +7,44 @@ ratio 1 this learns markedly faster than flax's LeCun-normal default.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-dense_init = nn.initializers.orthogonal(jnp.sqrt(2.0))
+
+def orthogonal(scale: float = 1.0):
+    """Orthogonal kernel init (like flax's) computed with Gram-Schmidt instead of LAPACK QR.
+
+    jaxlib 0.10's CPU runtime can deadlock when a program runs several batched LAPACK QRs
+    concurrently (the vmapped critic pair over 4 seeds hangs on its first call), so the
+    orthonormalisation is plain JAX: classical Gram-Schmidt applied twice per column, which
+    is orthogonal to float precision. R's diagonal is positive by construction, so Q is the
+    Haar-distributed factor that QR with the usual sign fix gives.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        tall = (max(rows, cols), min(rows, cols))
+        a = jax.random.normal(key, tall, jnp.float32)
+
+        def column(q, j):
+            v = a[:, j]
+            for _ in range(2):  # "twice is enough" (Giraud et al. 2005)
+                v = v - q @ (q.T @ v)
+            q = q.at[:, j].set(v / jnp.linalg.norm(v))
+            return q, None
+
+        q, _ = jax.lax.scan(column, jnp.zeros(tall, jnp.float32), jnp.arange(tall[1]))
+        q = q if rows >= cols else q.T
+        return (scale * q).reshape(shape).astype(dtype)
+
+    return init
+
+
+dense_init = orthogonal(jnp.sqrt(2.0))
 
 
 def Dense(features: int, name: str | None = None) -> nn.Dense:  # noqa: N802 (module factory)
