@@ -78,6 +78,16 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         eval_seconds = time.perf_counter() - t0
         per_step["eval"] = eval_seconds / cfg.eval_every
 
+        # Pieces of the learner call (model rollouts), each alone: part of `learner` above.
+        parts = {}
+        for name, fn in trainer.batch.parts.items():
+            jax.block_until_ready(fn(trainer.state, trainer.roots, trainer.env_step))
+            t0 = time.perf_counter()
+            for i in range(learner_repeats):
+                out = fn(trainer.state, trainer.roots, trainer.env_step + i)
+            jax.block_until_ready(out)
+            parts[name] = (time.perf_counter() - t0) / learner_repeats
+
         # The learner call alone, on data already on the device: the floor the loop can reach.
         res_obs = jax.device_put(trainer.obs)
         action = trainer.batch.explore(trainer.state, res_obs, trainer.roots, trainer.env_step)
@@ -121,6 +131,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         "config": dataclasses.asdict(cfg),
         "seconds_per_env_step": {**per_step, "total": total},
         "seconds_per_seed_step": total / cfg.seeds,
+        "learner_parts_seconds_per_env_step": parts,
         "learner_only_seconds_per_env_step": learner_only,
         "loop_overhead_seconds_per_env_step": per_step["learner"] - learner_only,
         "measured_wall_seconds_per_env_step": wall / steps,
@@ -137,11 +148,16 @@ def format_table(r: dict) -> str:
         f"{'phase':<28}{'ms/env step':>12}{'ms/seed-step':>14}",
     ]
     for k, v in r["seconds_per_env_step"].items():
-        label = "learner (act + update)" if k == "learner" else ("evaluation (amortised)" if k == "eval" else k)
+        label = {"env": "env", "learner": "learner (act + update)", "eval": "evaluation (amortised)"}.get(
+            k, f"{k} (amortised)"
+        )
         if k == "total":
             lines.append("-" * 54)
             label = "total"
         lines.append(f"{label:<28}{ms(v):>12}{ms(v / n):>14}")
+        if k == "learner":
+            for part, pv in r["learner_parts_seconds_per_env_step"].items():
+                lines.append(f"{'  of which ' + part:<28}{ms(pv):>12}{ms(pv / n):>14}")
     lines.append(f"{'learner alone, on device':<28}{ms(r['learner_only_seconds_per_env_step']):>12}"
                  f"{ms(r['learner_only_seconds_per_env_step'] / n):>14}")
     lines.append(f"{'loop overhead over it':<28}{ms(r['loop_overhead_seconds_per_env_step']):>12}"

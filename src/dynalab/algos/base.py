@@ -53,6 +53,8 @@ class Learner:
     hooks: tuple[Hook, ...] = ()
     needs_sim_state: bool = False
     """Whether real transitions must carry the simulator state (the perfect model)."""
+    parts: tuple[tuple[str, Callable[[State, jax.Array], Any]], ...] = ()
+    """Named pieces of `update` (e.g. model rollouts) that `dynalab bench` times on their own."""
 
 
 def step_key(root: jax.Array, step: jax.Array, stream: int) -> jax.Array:
@@ -85,6 +87,11 @@ class SeedBatch:
                 donate_argnums=0,
             )
             for h in learner.hooks
+        }
+
+        self.parts = {
+            name: jax.jit(jax.vmap(lambda s, root, step, fn=fn: fn(s, step_key(root, step, UPDATE)), in_axes=(0, 0, None)))
+            for name, fn in learner.parts
         }
 
     def random_action(self, roots: jax.Array, step: int) -> jax.Array:

@@ -201,8 +201,15 @@ def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
         *[Hook(h.name, h.every, lambda s, k, fn=h.fn: _on_sac(s, fn, k)) for h in base.hooks],
         Hook("diagnostics", cfg.log_every, diagnostics),
     ]
+    def time_rollouts(s, k):
+        # Into a buffer sized for one step's rollouts: handing back the whole (undonated)
+        # synthetic buffer would time a copy of it; in `update` it is written in place.
+        small = replay.init_buffer(cfg.rollouts_per_step * cfg.max_horizon, empty)
+        return rollouts(s.replace(synthetic=small), s.sac.buffer, s.sac.agent, k)
+
     return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update,
-                   hooks=tuple(hooks), needs_sim_state=dynamics.needs_sim_state)
+                   hooks=tuple(hooks), needs_sim_state=dynamics.needs_sim_state,
+                   parts=(("rollouts", time_rollouts),))
 
 
 def _on_sac(state: DynaState, fn, key):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import mujoco
 import numpy as np
 
 from dynalab.types import EnvSpec
@@ -63,6 +64,30 @@ class ActionScaler:
         scaled = self._center + self._half * np.clip(action, -1.0, 1.0)
         # Rounding in center + half * 1 can overshoot a bound by one ulp.
         return np.clip(scaled, self.low, self.high)
+
+
+class MujocoHandles:
+    """Read-only access to the simulator behind an adapter (for tests and diagnostics)."""
+
+    _model: mujoco.MjModel
+    _data: mujoco.MjData
+    _scaler: ActionScaler
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        return self._model
+
+    @property
+    def data(self) -> mujoco.MjData:
+        return self._data
+
+    @property
+    def action_low(self) -> np.ndarray:
+        return self._scaler.low
+
+    @property
+    def action_high(self) -> np.ndarray:
+        return self._scaler.high
 
 
 def check_state(state: np.ndarray, state_dim: int) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from dm_control import suite
 
 from dynalab.envs import mjstate
-from dynalab.envs.base import EPISODE_OVER, ActionScaler, check_state
+from dynalab.envs.base import EPISODE_OVER, ActionScaler, MujocoHandles, check_state
 from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
 from dynalab.types import EnvSpec
 
@@ -38,7 +38,7 @@ def flatten_obs(obs: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in obs.values()])
 
 
-class DMCEnv:
+class DMCEnv(MujocoHandles):
     """A dm_control suite task behind the dynalab Env protocol.
 
     The state vector is MuJoCo's integration state followed by the model entries
@@ -69,22 +69,6 @@ class DMCEnv:
             max_episode_steps=int(round(limit)) if math.isfinite(limit) else 0,
             state_dim=self._nsim + self._entries.size,
         )
-
-    @property
-    def model(self) -> mujoco.MjModel:
-        return self._model
-
-    @property
-    def data(self) -> mujoco.MjData:
-        return self._data
-
-    @property
-    def action_low(self) -> np.ndarray:
-        return self._scaler.low
-
-    @property
-    def action_high(self) -> np.ndarray:
-        return self._scaler.high
 
     @property
     def randomised_model_fields(self) -> tuple[str, ...]:

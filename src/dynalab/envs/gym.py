@@ -7,11 +7,11 @@ import mujoco
 import numpy as np
 
 from dynalab.envs import mjstate
-from dynalab.envs.base import EPISODE_OVER, ActionScaler, check_state
+from dynalab.envs.base import EPISODE_OVER, ActionScaler, MujocoHandles, check_state
 from dynalab.types import EnvSpec
 
 
-class GymEnv:
+class GymEnv(MujocoHandles):
     """A Gymnasium MuJoCo task behind the dynalab Env protocol.
 
     The state vector is MuJoCo's integration state followed by `data.xpos` and
@@ -43,22 +43,6 @@ class GymEnv:
             max_episode_steps=int(self._env.spec.max_episode_steps),
             state_dim=self._nsim + 2 * self._nkin,
         )
-
-    @property
-    def model(self) -> mujoco.MjModel:
-        return self._model
-
-    @property
-    def data(self) -> mujoco.MjData:
-        return self._data
-
-    @property
-    def action_low(self) -> np.ndarray:
-        return self._scaler.low
-
-    @property
-    def action_high(self) -> np.ndarray:
-        return self._scaler.high
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         # The constructor seed applies to the first reset only; later unseeded
