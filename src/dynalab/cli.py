@@ -86,11 +86,13 @@ def _algo_in(args: list[str]) -> str:
     """The --algo value, read ahead of parsing so its defaults can be the parser's defaults."""
     from dynalab.algos import ALGOS
 
-    for i, a in enumerate(args):
-        value = a.split("=", 1)[1] if a.startswith("--algo=") else args[i + 1] if a == "--algo" and i + 1 < len(args) else None
-        if value is not None:
-            return value if value in ALGOS else "sac"  # tyro then rejects the bad name, listing choices
-    return "sac"
+    value = "sac"
+    for i, arg in enumerate(args):
+        if arg.startswith("--algo="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--algo" and i + 1 < len(args):
+            value = args[i + 1]
+    return value if value in ALGOS else "sac"  # tyro then rejects a bad name, listing the choices
 
 
 def _usage() -> str:
