@@ -54,7 +54,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         jax.block_until_ready(trainer.state)
         hooks = trainer.batch.learner.hooks
         for h in hooks:
-            trainer.state, _ = trainer.batch.run_hook(h, trainer.state, trainer.roots, trainer.env_step)
+            trainer.state, _, _ = trainer.batch.run_hook(h, trainer.state, trainer.roots, trainer.env_step)
         jax.block_until_ready(trainer.state)
         trainer.evaluate()
         trainer.timer.drain()
@@ -69,7 +69,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
 
         for h in hooks:
             t0 = time.perf_counter()
-            trainer.state, _ = trainer.batch.run_hook(h, trainer.state, trainer.roots, trainer.env_step)
+            trainer.state, _, _ = trainer.batch.run_hook(h, trainer.state, trainer.roots, trainer.env_step)
             jax.block_until_ready(trainer.state)
             per_step[h.name] = (time.perf_counter() - t0) / h.every
 
@@ -102,11 +102,11 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
             )
         )
         state = trainer.state
-        state, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step)
+        state, _, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for i in range(learner_repeats):
-            state, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step + i)
+            state, _, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step + i)
             a = trainer.batch.explore(state, res_obs, trainer.roots, trainer.env_step + i)
         jax.block_until_ready((state, a))
         learner_only = (time.perf_counter() - t0) / learner_repeats

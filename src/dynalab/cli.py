@@ -1,7 +1,9 @@
-"""Command line: `dynalab train`, `dynalab bench`, `dynalab envs`."""
+"""Command line: `dynalab train`, `dynalab resume`, `dynalab bench`, `dynalab envs`."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import sys
 from dataclasses import dataclass, field
@@ -28,16 +30,40 @@ class Train:
 
     cfg: RunFlags = field(default_factory=TrainConfig)
     out: Path = Path("runs/default")
-    """Run folder."""
+    """Run folder. If it holds a checkpoint of the same config, the run resumes from it."""
     progress: bool = True
     """Show a progress bar with env steps per second and ETA."""
+    allow_config_change: bool = False
+    """Resume a run in --out even though these flags differ from its saved config.json."""
 
     def run(self) -> None:
         from dynalab.train import train
 
-        returns = train(self.cfg, self.out, progress=self.progress)
-        print(f"final eval return per seed: {[round(float(x), 1) for x in returns.mean(axis=1)]}")
-        print(f"run folder: {self.out}")
+        _report(train(self.cfg, self.out, progress=self.progress, allow_config_change=self.allow_config_change),
+                self.out)
+
+
+@dataclass
+class Resume:
+    """Continue the run in DIR from its newest checkpoint, with the config saved in DIR."""
+
+    dir: tyro.conf.Positional[Path]
+    """Run folder written by `dynalab train`."""
+    progress: bool = True
+    """Show a progress bar with env steps per second and ETA."""
+
+    def run(self) -> None:
+        from dynalab import config as config_lib
+        from dynalab.train import train
+
+        if not (self.dir / "config.json").is_file():
+            raise ConfigError(f"{self.dir} holds no config.json, so it is not a dynalab run folder; pass the --out of a run.")
+        _report(train(config_lib.load(self.dir / "config.json"), self.dir, progress=self.progress), self.dir)
+
+
+def _report(returns, out: Path) -> None:
+    print(f"final eval return per seed: {[round(float(x), 1) for x in returns.mean(axis=1)]}")
+    print(f"run folder: {out}")
 
 
 BENCH_SIZE = {"steps": 50, "warmup_steps": 1_000}
@@ -79,7 +105,7 @@ class Envs:
             print(f"{tag:<6} {env_id}")
 
 
-COMMANDS: dict[str, type] = {"train": Train, "bench": Bench, "envs": Envs}
+COMMANDS: dict[str, type] = {"train": Train, "resume": Resume, "bench": Bench, "envs": Envs}
 
 
 def _algo_in(args: list[str]) -> str:
@@ -98,17 +124,55 @@ def _algo_in(args: list[str]) -> str:
 def _usage() -> str:
     from dynalab.algos import ALGOS
 
-    lines = ["usage: dynalab {train,bench,envs} [--help] ...", "",
+    lines = ["usage: dynalab {train,resume,bench,envs} [--help] ...", "",
              "dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.", "", "commands:"]
     lines += [f"  {name:<7} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
     lines += ["", "algorithms (--algo):"] + [f"  {name:<11} {a.summary}" for name, a in ALGOS.items()]
     return "\n".join(lines)
 
 
+def _parse(name: str, command: type, args: list[str], default_config):
+    """tyro's parse, with its boxed error report condensed into one `dynalab: error:` line."""
+    kwargs = {"args": args, "prog": f"dynalab {name}"}
+    if name in ("train", "bench"):
+        cfg = default_config(_algo_in(args), **(BENCH_SIZE if name == "bench" else {}))
+        kwargs["default"] = command(cfg=cfg)
+    report = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(report):
+            return tyro.cli(command, **kwargs)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        print(f"dynalab: error: {_condense(report.getvalue())} (see dynalab {name} --help).", file=sys.stderr)
+        sys.exit(2)
+
+
+def _condense(report: str) -> str:
+    """The first section of a tyro error box, plus its 'Perhaps you meant' flag, as one line."""
+    sections, current = [], []
+    for line in report.splitlines():
+        text = line.strip().strip("│╭╮╰╯").strip()
+        if not text or set(text) <= set("─╭╮╰╯ ") or text.startswith("─"):
+            if current and set(line.strip("│ ")) <= set("─"):
+                sections.append(current)
+                current = []
+            continue
+        current.append(text)
+    sections.append(current)
+    message = " ".join(sections[0]).rstrip(".") if sections[0] else report.strip()
+    for section in sections[1:]:
+        if section and section[0].startswith("Perhaps you meant") and len(section) > 1:
+            message += f"; did you mean {section[1].split()[0]}"
+    return " ".join(message.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from dynalab.algos import default_config
+    from dynalab.checkpoint import CheckpointError
     from dynalab.envs import UnknownEnvError
+    from dynalab.train import CheckpointWriteError, NonFiniteError, Preempted
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -120,15 +184,17 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     command = COMMANDS[name]
     try:
-        if name in ("train", "bench"):
-            defaults = default_config(_algo_in(rest), **(BENCH_SIZE if name == "bench" else {}))
-            parsed = tyro.cli(command, default=command(cfg=defaults), args=rest, prog=f"dynalab {name}")
-        else:
-            parsed = tyro.cli(command, args=rest, prog=f"dynalab {name}")
+        parsed = _parse(name, command, rest, default_config)
         parsed.run()
-    except (ConfigError, UnknownEnvError) as e:
+    except (ConfigError, UnknownEnvError, CheckpointError) as e:
         print(f"dynalab: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (NonFiniteError, CheckpointWriteError) as e:
+        print(f"dynalab: error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Preempted as e:
+        print(f"dynalab: {e}", file=sys.stderr)
+        sys.exit(143)
     except BrokenPipeError:  # e.g. `dynalab envs | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except KeyboardInterrupt:

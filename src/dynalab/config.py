@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +47,10 @@ class TrainConfig:
     """Evaluation episodes per seed."""
     log_every: int = 1_000
     """Write training metrics every this many env steps."""
+    checkpoint_every: int = 10_000
+    """Write a resumable checkpoint every N env steps, and at the start and end (0: never)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep in the run folder."""
     reset_agent_every: int = 0
     """Re-initialise actor, critic, target critic and temperature every N env steps (0: never)."""
     sac: SACConfig = field(default_factory=SACConfig)
@@ -92,10 +97,28 @@ def _positive(name: str, value: Any) -> None:
         raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
 
 
+def _check_types(obj: Any, prefix: str = "") -> None:
+    """Scalar fields must hold their declared type (config files are not type-checked by a parser)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, kind, flag = getattr(obj, f.name), hints[f.name], f"--{prefix}{f.name.replace('_', '-')}"
+        if dataclasses.is_dataclass(value):
+            _check_types(value, f"{prefix}{f.name}.")
+        elif kind is bool and not isinstance(value, bool):
+            raise ConfigError(f"{flag} must be true or false, got {value!r}.")
+        elif kind is int and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be an integer, got {value!r}.")
+        elif kind is float and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ConfigError(f"{flag} must be a number, got {value!r}.")
+        elif kind is str and not isinstance(value, str):
+            raise ConfigError(f"{flag} must be a string, got {value!r}.")
+
+
 def validate(cfg: TrainConfig, algos: list[str]) -> None:
     """Raise ConfigError naming the first impossible value and the valid choices."""
     from dynalab.envs import UnknownEnvError, env_spec  # lazy: simulators are slow to import
 
+    _check_types(cfg)
     if cfg.algo not in algos:
         raise ConfigError(f"unknown algo {cfg.algo!r}; choose one of: {', '.join(algos)}.")
     try:
@@ -127,7 +150,8 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         raise ConfigError(f"--sac.tau must be in (0, 1], got {s.tau}.")
     if not s.hidden or any(h <= 0 for h in s.hidden):
         raise ConfigError(f"--sac.hidden must be positive layer widths, got {s.hidden}.")
-    for name in ("reset_agent_every", "reset_model_every"):
+    _positive("keep_checkpoints", cfg.keep_checkpoints)
+    for name in ("checkpoint_every", "reset_agent_every", "reset_model_every"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 means never), got {getattr(cfg, name)}.")
     if not 0 <= cfg.synthetic_ratio < 1:
@@ -155,21 +179,48 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
 
 
+# Fields that change how a run is kept, not what it computes: they may differ on resume.
+RUN_CONTROL = ("checkpoint_every", "keep_checkpoints")
+
+
+def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
+    """`field: saved -> new` for every result-affecting field that differs."""
+    a, b = flatten(to_dict(saved)), flatten(to_dict(new))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+            if k not in RUN_CONTROL and a.get(k) != b.get(k)]
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dict -> {"sac.hidden": [...], ...} with tuples as lists."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
 def from_dict(d: dict[str, Any]) -> TrainConfig:
-    d = dict(d)
-    sac = d.pop("sac", {})
-    if "hidden" in sac:
-        sac = {**sac, "hidden": tuple(sac["hidden"])}
-    model = d.pop("model", {})
-    if model.get("weight_decay") is not None:
-        model = {**model, "weight_decay": tuple(model["weight_decay"])}
-    if d.get("horizon_schedule") is not None:
-        d["horizon_schedule"] = tuple(d["horizon_schedule"])
-    return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model))
+    """A config from its JSON form; unknown or missing-typed fields raise ConfigError."""
+    try:
+        d = dict(d)
+        sac = dict(d.pop("sac", {}))
+        if "hidden" in sac:
+            sac["hidden"] = tuple(sac["hidden"])
+        model = dict(d.pop("model", {}))
+        if model.get("weight_decay") is not None:
+            model["weight_decay"] = tuple(model["weight_decay"])
+        if d.get("horizon_schedule") is not None:
+            d["horizon_schedule"] = tuple(d["horizon_schedule"])
+        return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model))
+    except TypeError as e:  # an unknown or misspelt field
+        valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
+        raise ConfigError(f"bad config: {e}; valid top-level fields are: {valid}.") from None
 
 
 def save(cfg: TrainConfig, path: Path) -> None:
@@ -177,4 +228,10 @@ def save(cfg: TrainConfig, path: Path) -> None:
 
 
 def load(path: Path) -> TrainConfig:
-    return from_dict(json.loads(path.read_text()))
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}.") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config {path} must hold a JSON object of config fields.")
+    return from_dict(d)

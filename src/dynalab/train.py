@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from dynalab import __version__
+from dynalab import __version__, checkpoint
 from dynalab import config as config_lib
 from dynalab.algos import ALGOS, make_learner
-from dynalab.algos.base import Metrics, SeedBatch, seed_roots
+from dynalab.algos.base import Checked, Metrics, SeedBatch, seed_roots
 from dynalab.config import ConfigError, TrainConfig
 from dynalab.envs import BatchEnv, StepResult, env_spec
 from dynalab.metrics import MetricsWriter
@@ -46,6 +51,28 @@ class Timer:
     def drain(self) -> dict[str, float]:
         out, self.total = dict(self.total), defaultdict(float)
         return out
+
+
+class NonFiniteError(RuntimeError):
+    """A NaN or Inf reached a loss, parameter or observation; the message is one sentence."""
+
+    def __init__(self, step: int, seed: int, quantities: list[str], offending: dict[str, np.ndarray]):
+        super().__init__(step, seed, quantities)
+        self.step, self.seed, self.offending = step, seed, offending
+        self.quantity, self.others = quantities[0], quantities[1:]
+        self.saved_to: Path | None = None
+
+    def __str__(self) -> str:
+        more = f" (and {len(self.others)} more, e.g. {self.others[0]})" if self.others else ""
+        where = (f"; saved the last finite state and the offending batch to {self.saved_to}"
+                 if self.saved_to else "")
+        return f"a NaN or Inf appeared in {self.quantity}{more} of seed {self.seed} at env step {self.step}{where}."
+
+
+def _arrays(prefix: str, tree) -> dict[str, np.ndarray]:
+    """A pytree of arrays as flat `prefix/path` -> numpy entries (for .npz files)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {f"{prefix}{jax.tree_util.keystr(path)}": np.asarray(x) for path, x in leaves}
 
 
 class Trainer:
@@ -88,21 +115,40 @@ class Trainer:
             sim_state=sim_state,
         )
         t0 = self.timer.add("env", t0)
+        step = self.env_step + 1
+        for quantity, value in (("reward", res.reward), ("observation", res.next_obs), ("reset observation", res.obs)):
+            bad = ~np.isfinite(value.reshape(len(self.seeds), -1)).all(axis=1)
+            if bad.any():
+                raise NonFiniteError(step, self.seeds[int(np.argmax(bad))], [quantity], _arrays("transition", transition))
         if learning:
-            self.state, self.last_metrics = self.batch.update(self.state, transition, self.roots, self.env_step)
+            self.state, self.last_metrics, checked = self.batch.update(self.state, transition, self.roots, self.env_step)
+            self._check(checked, step, transition)
         else:
             self.state = self.batch.observe(self.state, transition)
         self.obs = res.obs
-        self.env_step += 1
+        self.env_step = step
         for hook in self.batch.due_hooks(self.env_step):
             jax.block_until_ready(self.state)  # charge pending learner work to the learner, not the hook
             t0 = self.timer.add("learner", t0)
-            self.state, hook_metrics = self.batch.run_hook(hook, self.state, self.roots, self.env_step)
+            self.state, hook_metrics, checked = self.batch.run_hook(hook, self.state, self.roots, self.env_step)
+            self._check(checked, step, None)
             jax.block_until_ready(self.state)
             t0 = self.timer.add(hook.name, t0)
             self.last_metrics = {**self.last_metrics, **hook_metrics}
         self.timer.add("learner", t0)
         return res
+
+    def _check(self, checked: Checked, step: int, transition: Transition | None) -> None:
+        found = checked.first()
+        if found is None:
+            return
+        seed, quantities = found
+        offending = _arrays("transition", transition) if transition is not None else {}
+        if checked.batch is not None:
+            offending.update(_arrays("minibatch", checked.batch))
+        # The guard kept the bad seed's pre-call learner state (its buffers do hold this step's data);
+        # the caller saves it with the env-step counter not yet advanced.
+        raise NonFiniteError(step, self.seeds[seed], quantities, offending)
 
     def evaluate(self) -> np.ndarray:
         """Undiscounted return of one deterministic episode per eval env: shape (seeds, episodes)."""
@@ -120,6 +166,21 @@ class Trainer:
         self.timer.add("eval", t0)
         return returns.reshape(n, e)
 
+    def host_state(self) -> dict[str, np.ndarray]:
+        """Everything outside the learner pytree that the next step depends on."""
+        out = {f"train/{k}": v for k, v in self.envs.snapshot().items()}
+        out.update({f"eval/{k}": v for k, v in self.eval_envs.snapshot().items()})
+        out.update({f"last_metrics/{k}": np.asarray(v) for k, v in self.last_metrics.items()})
+        out["obs"], out["env_step"] = self.obs, np.asarray(self.env_step)
+        return out
+
+    def load_host_state(self, host: dict[str, np.ndarray]) -> None:
+        part = lambda prefix: {k[len(prefix):]: v for k, v in host.items() if k.startswith(prefix)}  # noqa: E731
+        self.envs.restore(part("train/"))
+        self.eval_envs.restore(part("eval/"))
+        self.last_metrics = {k: jax.numpy.asarray(v) for k, v in part("last_metrics/").items()}
+        self.obs, self.env_step = host["obs"], int(host["env_step"])
+
     def close(self) -> None:
         self.envs.close()
         self.eval_envs.close()
@@ -133,62 +194,249 @@ def _mean_finished(returns: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def prepare_run_dir(out: Path, cfg: TrainConfig) -> None:
-    if (out / "metrics.csv").exists():
-        raise ConfigError(f"run folder {out} already holds a run (metrics.csv); choose a new --out.")
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _data_rows(metrics_csv: Path) -> bool:
+    if not metrics_csv.exists():
+        return False
+    with metrics_csv.open() as f:
+        return sum(1 for _ in zip(range(2), f)) > 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `train` will do with a run folder, decided before anything in it is touched."""
+
+    cfg: TrainConfig
+    checkpoint: Path | None  # resume from this one; None: start fresh
+    finished: bool = False
+
+
+def plan_run(cfg: TrainConfig, out: Path, allow_config_change: bool = False) -> Plan:
+    """Inspect `out` and decide between a fresh start and a resume; raises ConfigError, writes nothing."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose a folder path.")
+    explicit_capacity = cfg.buffer_capacity is not None
+    cfg = dataclasses.replace(cfg, buffer_capacity=cfg.capacity)
+    saved_path = out / "config.json"
+    if not saved_path.exists():
+        if _data_rows(out / "metrics.csv"):
+            raise ConfigError(f"{out} holds a metrics.csv but no config.json, so it is not a dynalab run to resume; choose a new --out.")
+        return Plan(cfg, None)
+    saved = config_lib.load(saved_path)
+    diff = config_lib.differences(saved, cfg)
+    if diff and not allow_config_change:
+        raise ConfigError(
+            f"{out} holds a run with a different config ({'; '.join(diff)}); resume it with the same flags "
+            "(or `dynalab resume`), pass --allow-config-change to continue it with the new ones, or choose a new --out."
+        )
+    if diff and not explicit_capacity:
+        cfg = dataclasses.replace(cfg, buffer_capacity=saved.buffer_capacity)  # the saved buffers' size
+    ckpt = checkpoint.latest(out / "checkpoints")
+    if ckpt is None:
+        if _data_rows(out / "metrics.csv"):
+            raise ConfigError(
+                f"{out} holds a run without checkpoints (it ran with --checkpoint-every 0), so it cannot be "
+                "resumed; choose a new --out."
+            )
+        return Plan(cfg, None)
+    step = checkpoint.read_meta(ckpt)["step"]
+    if step >= cfg.steps:
+        return Plan(cfg, ckpt, finished=True)
+    return Plan(cfg, ckpt)
+
+
+def _check_disk(out: Path, cfg: TrainConfig, full_bytes: int) -> None:
+    if not cfg.checkpoint_every:
+        return
+    probe = out if out.exists() else next(p for p in out.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    have = sum(f.stat().st_size for c in checkpoint.complete(out / "checkpoints") for f in c.iterdir())
+    need = max(full_bytes, (cfg.keep_checkpoints + 1) * full_bytes - have)
+    if free < need:
+        raise ConfigError(
+            f"not enough free disk space for {out}: checkpoints of this run need up to {need / 1e9:.2f} GB "
+            f"({cfg.keep_checkpoints + 1} x {full_bytes / 1e9:.2f} GB with full buffers) but {free / 1e9:.2f} GB "
+            "are free; free space, lower --keep-checkpoints or --buffer-capacity, or pass --checkpoint-every 0."
+        )
+
+
+def _check_writable(out: Path) -> None:
+    """Create `out` and prove a file can be written there, without touching anything already in it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        resolved = dataclasses.replace(cfg, buffer_capacity=cfg.capacity)
-        config_lib.save(resolved, out / "config.json")
-        meta = {
-            "dynalab": __version__,
-            "jax": jax.__version__,
-            "devices": [str(d) for d in jax.devices()],
-            "python": platform.python_version(),
-            "command": sys.argv,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+        probe = out / f".dynalab-write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
-        raise ConfigError(f"cannot write to run folder {out}: {e.strerror}.") from None
+        raise ConfigError(f"cannot write to run folder {out}: {e.strerror}; choose a writable --out.") from None
 
 
-def train(cfg: TrainConfig, out: Path, progress: bool = True) -> np.ndarray:
-    """Run a whole experiment into `out`; returns the final evaluation returns (seeds, episodes)."""
+def _run_meta(out: Path, resumed_from: int | None) -> None:
+    path = out / "run.json"
+    meta = json.loads(path.read_text()) if resumed_from is not None and path.exists() else {}
+    entry = {
+        "dynalab": __version__,
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "python": platform.python_version(),
+        "command": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if resumed_from is None:
+        meta = entry
+    else:
+        meta.setdefault("resumes", []).append({**entry, "from_step": resumed_from})
+    _atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+class _Stop:
+    """SIGTERM (preemption) asks the loop to checkpoint and stop after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+class Preempted(RuntimeError):
+    """The run stopped on SIGTERM after writing a checkpoint."""
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_change: bool = False) -> np.ndarray:
+    """Run (or resume) an experiment in `out`; returns the final evaluation returns (seeds, episodes).
+
+    A folder holding a checkpoint of the same config is resumed from its newest checkpoint:
+    metrics.csv is rolled back to that checkpoint's copy, and every later row is recomputed,
+    so the file ends up as if the run had never stopped (timings aside).
+    """
     config_lib.validate(cfg, list(ALGOS))
-    prepare_run_dir(out, cfg)
+    plan = plan_run(cfg, out, allow_config_change)
+    cfg = plan.cfg
+    if plan.finished:
+        raise ConfigError(
+            f"{out} holds a finished run of {cfg.steps} steps; pass a larger --steps with --allow-config-change "
+            "to extend it, or choose a new --out."
+        )
     trainer = Trainer(cfg)
-    writer = MetricsWriter(out / "metrics.csv", trainer.seeds)
-    episode_returns: list[np.ndarray] = []
-    interval_start, interval_step = time.perf_counter(), 0
-    bar = tqdm(total=cfg.steps, unit="step", disable=not progress, dynamic_ncols=True, desc=f"{cfg.algo} {cfg.env}")
-    returns = np.full((cfg.seeds, cfg.eval_episodes), np.nan)
+    ckpts = out / "checkpoints"
     try:
-        while trainer.env_step < cfg.steps:
-            res = trainer.step()
-            bar.update(1)
-            if np.any(res.episode_length > 0):
-                episode_returns.append(res.episode_return)
-            step = trainer.env_step
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                returns = trainer.evaluate()
-                writer.write(step, {"eval/return": returns.mean(axis=1), "eval/return_std": returns.std(axis=1)})
-                bar.set_postfix(eval=f"{returns.mean():.1f}", refresh=False)
-                bar.write(f"step {step}: eval return per seed {np.round(returns.mean(axis=1), 1).tolist()}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                n = step - interval_step
-                values: dict[str, np.ndarray | float] = {
-                    k: np.asarray(v) for k, v in trainer.last_metrics.items()
-                }
-                values.update({f"time/{k}": v / n for k, v in trainer.timer.drain().items()})
-                values["time/env_steps_per_sec"] = n / (now - interval_start)
-                if episode_returns:
-                    values["train/episode_return"] = _mean_finished(np.stack(episode_returns))
-                writer.write(step, values)
-                episode_returns.clear()
-                interval_start, interval_step = now, step
-                bar.set_postfix(sps=f"{values['time/env_steps_per_sec']:.1f}", refresh=False)
+        _check_disk(out, cfg, checkpoint.nbytes(trainer.state))
+        _check_writable(out)
+        checkpoint.remove_partial(ckpts)
+        loop = {"episode_returns": np.zeros((0, cfg.seeds)), "interval_step": np.asarray(0)}
+        if plan.checkpoint is None:
+            config_lib.save(cfg, out / "config.json")
+            _run_meta(out, None)
+            (out / "metrics.csv").unlink(missing_ok=True)  # header-only leftovers of a run killed at once
+        else:
+            trainer.state = checkpoint.read_learner(plan.checkpoint, trainer.state)
+            host = checkpoint.read_host(plan.checkpoint)
+            trainer.load_host_state({k: v for k, v in host.items() if not k.startswith("loop/")})
+            loop = {k[len("loop/"):]: v for k, v in host.items() if k.startswith("loop/")}
+            tmp = out / ".metrics.csv.tmp"
+            shutil.copyfile(plan.checkpoint / "metrics.csv", tmp)
+            os.replace(tmp, out / "metrics.csv")
+            if allow_config_change:
+                config_lib.save(cfg, out / "config.json")
+            _run_meta(out, trainer.env_step)
+    except OSError as e:
+        trainer.close()
+        raise ConfigError(f"cannot write to run folder {out}: {e.strerror}.") from None
+    except BaseException:
+        trainer.close()
+        raise
+    return _loop(trainer, cfg, out, loop, progress)
+
+
+def _save(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, writer: MetricsWriter) -> None:
+    host = {**trainer.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in loop.items()}}
+    meta = {"dynalab": __version__, "config": config_lib.to_dict(cfg), "seeds": trainer.seeds}
+    try:
+        checkpoint.write(out / "checkpoints", trainer.env_step, trainer.state, host, meta, writer.path)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"could not write the checkpoint of step {trainer.env_step} to {out / 'checkpoints'} ({e.strerror}); "
+            "earlier checkpoints are intact: free space and run the same command again to resume."
+        ) from None
+    checkpoint.prune(out / "checkpoints", cfg.keep_checkpoints)
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, I/O error); the message is one sentence."""
+
+
+def _save_nonfinite(trainer: Trainer, cfg: TrainConfig, out: Path, err: NonFiniteError, writer: MetricsWriter) -> Path:
+    meta = {"dynalab": __version__, "config": config_lib.to_dict(cfg), "seeds": trainer.seeds,
+            "nonfinite": {"step": err.step, "seed": err.seed, "quantity": err.quantity, "others": err.others}}
+    host = {**trainer.host_state(), **{f"offending/{k}": v for k, v in err.offending.items()}}
+    return checkpoint.write(out, err.step, trainer.state, host, meta, writer.path, target="nonfinite")
+
+
+def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: bool) -> np.ndarray:
+    writer = MetricsWriter(out / "metrics.csv", trainer.seeds)
+    episode_returns = list(loop["episode_returns"])
+    interval_start, interval_step = time.perf_counter(), int(loop["interval_step"])
+    bar = tqdm(total=cfg.steps, initial=trainer.env_step, unit="step", disable=not progress, dynamic_ncols=True,
+               desc=f"{cfg.algo} {cfg.env}")
+    returns = np.full((cfg.seeds, cfg.eval_episodes), np.nan)
+    loop_state = lambda: {"episode_returns": np.asarray(episode_returns).reshape(-1, cfg.seeds),  # noqa: E731
+                          "interval_step": interval_step}
+    try:
+        with _Stop() as stop:
+            if cfg.checkpoint_every and trainer.env_step == 0:
+                _save(trainer, cfg, out, loop_state(), writer)  # a fresh run is resumable from the start
+            while trainer.env_step < cfg.steps:
+                try:
+                    res = trainer.step()
+                except NonFiniteError as e:
+                    e.saved_to = _save_nonfinite(trainer, cfg, out, e, writer)
+                    raise
+                bar.update(1)
+                if np.any(res.episode_length > 0):
+                    episode_returns.append(res.episode_return)
+                step = trainer.env_step
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    returns = trainer.evaluate()
+                    writer.write(step, {"eval/return": returns.mean(axis=1), "eval/return_std": returns.std(axis=1)})
+                    bar.set_postfix(eval=f"{returns.mean():.1f}", refresh=False)
+                    bar.write(f"step {step}: eval return per seed {np.round(returns.mean(axis=1), 1).tolist()}")
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    now = time.perf_counter()
+                    n = step - interval_step
+                    values: dict[str, np.ndarray | float] = {
+                        k: np.asarray(v) for k, v in trainer.last_metrics.items()
+                    }
+                    values.update({f"time/{k}": v / n for k, v in trainer.timer.drain().items()})
+                    values["time/env_steps_per_sec"] = n / (now - interval_start)
+                    if episode_returns:
+                        values["train/episode_return"] = _mean_finished(np.stack(episode_returns))
+                    writer.write(step, values)
+                    episode_returns.clear()
+                    interval_start, interval_step = now, step
+                    bar.set_postfix(sps=f"{values['time/env_steps_per_sec']:.1f}", refresh=False)
+                if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested):
+                    t0 = time.perf_counter()
+                    _save(trainer, cfg, out, loop_state(), writer)
+                    trainer.timer.add("checkpoint", t0)
+                if stop.requested:
+                    raise Preempted(f"stopped by SIGTERM at env step {step}" + (
+                        f" after checkpointing; run the same command to resume." if cfg.checkpoint_every else "."))
     finally:
         bar.close()
         writer.close()

@@ -4,6 +4,10 @@ A `Learner` is a bundle of pure per-seed functions. The training loop only ever 
 `SeedBatch`, which vmaps them over the leading seed axis and jits them, so the loop,
 logging, evaluation and checkpointing never branch on which algorithm is running.
 
+Non-finite guard: every compiled `update` and hook also returns, per seed, which metrics
+and which (non-buffer) state leaves hold a NaN or Inf; for a seed that went non-finite the
+non-buffer state is left as it was before the call, so the last finite state survives.
+
 Randomness: every function takes an explicit key. The loop derives it from the seed's root
 key and the env-step counter (`step_key`), so a seed's random stream does not depend on which
 other seeds share the program, and a resumed run draws the same keys as an uninterrupted one.
@@ -18,10 +22,15 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from dynalab import replay
 from dynalab.types import Transition
 
 State = Any
 Metrics = dict[str, jax.Array]
+
+# An update's metrics may carry, under this key, the minibatch that first produced a non-finite
+# loss; the guard hands it to the loop instead of logging it.
+OFFENDING_BATCH = "offending_batch"
 
 # Streams drawn from one (seed, step) key; fixed numbers so adding a stream never shifts others.
 EXPLORE, UPDATE, RANDOM_ACTION, HOOK = 0, 1, 2, 3
@@ -61,6 +70,53 @@ def step_key(root: jax.Array, step: jax.Array, stream: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(root, step), stream)
 
 
+def _is_buffer(x: Any) -> bool:
+    return isinstance(x, replay.ReplayBuffer)
+
+
+def nonfinite_flags(metrics: Metrics, state: State) -> tuple[list[str], jax.Array]:
+    """Names and flags (True: holds a NaN or Inf) of every metric and float non-buffer state leaf.
+
+    Replay buffers are skipped: scanning them every step would cost more than the update.
+    Real observations and rewards are checked on the host before they enter a buffer.
+    """
+    names, flags = [], []
+    for name in sorted(metrics):
+        names.append(name)
+        flags.append(~jnp.all(jnp.isfinite(metrics[name])))
+    lean = jax.tree.map(lambda x: None if _is_buffer(x) else x, state, is_leaf=_is_buffer)
+    for path, x in jax.tree_util.tree_flatten_with_path(lean)[0]:
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            names.append("state" + jax.tree_util.keystr(path))
+            flags.append(~jnp.all(jnp.isfinite(x)))
+    return names, jnp.stack(flags) if flags else jnp.zeros(0, bool)
+
+
+def keep_unless(ok: jax.Array, new: State, old: State) -> State:
+    """`new` where ok, else `old`, for every non-buffer leaf; buffers always come from `new`."""
+    pick = lambda n, o: n if _is_buffer(n) else jax.tree.map(lambda a, b: jnp.where(ok, a, b), n, o)  # noqa: E731
+    return jax.tree.map(pick, new, old, is_leaf=_is_buffer)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the guard saw in one compiled call: flags (seeds, len(names)) and the offending batch."""
+
+    names: list[str]
+    flags: jax.Array
+    batch: Any = None
+
+    def first(self) -> tuple[int, list[str]] | None:
+        """(seed index, its non-finite quantities) of the first seed that has any, else None."""
+        import numpy as np
+
+        flags = np.asarray(self.flags)
+        if not flags.any():
+            return None
+        seed = int(np.argmax(flags.any(axis=1)))
+        return seed, [self.names[q] for q in np.flatnonzero(flags[seed])]
+
+
 class SeedBatch:
     """A learner compiled over a leading seed axis: one XLA call per operation per env step."""
 
@@ -77,13 +133,26 @@ class SeedBatch:
         self.exploit = jax.jit(jax.vmap(learner.exploit))
         # Donating the state lets XLA update replay buffers in place where the backend can.
         self.observe = jax.jit(jax.vmap(learner.observe), donate_argnums=0)
+        self.guard_names: dict[str, list[str]] = {}
+
+        def guarded(name, fn):
+            def call(s, *args):
+                new, metrics = fn(s, *args)
+                batch = metrics.pop(OFFENDING_BATCH, None)
+                names, flags = nonfinite_flags(metrics, new)
+                self.guard_names[name] = names  # fixed at trace time
+                return keep_unless(~flags.any(), new, s), metrics, flags, batch
+            return call
+
         self._update = jax.jit(
-            jax.vmap(lambda s, t, root, step: learner.update(s, t, step_key(root, step, UPDATE)), in_axes=(0, 0, 0, None)),
+            jax.vmap(guarded("update", lambda s, t, root, step: learner.update(s, t, step_key(root, step, UPDATE))),
+                     in_axes=(0, 0, 0, None)),
             donate_argnums=0,
         )
         self._hooks = {
             h.name: jax.jit(
-                jax.vmap(lambda s, root, step, fn=h.fn: fn(s, step_key(root, step, HOOK)), in_axes=(0, 0, None)),
+                jax.vmap(guarded(h.name, lambda s, root, step, fn=h.fn: fn(s, step_key(root, step, HOOK))),
+                         in_axes=(0, 0, None)),
                 donate_argnums=0,
             )
             for h in learner.hooks
@@ -100,14 +169,16 @@ class SeedBatch:
     def explore(self, state: State, obs: jax.Array, roots: jax.Array, step: int) -> jax.Array:
         return self._explore(state, obs, roots, jnp.int32(step))
 
-    def update(self, state: State, t: Transition, roots: jax.Array, step: int) -> tuple[State, Metrics]:
-        return self._update(state, t, roots, jnp.int32(step))
+    def update(self, state: State, t: Transition, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
+        state, metrics, flags, batch = self._update(state, t, roots, jnp.int32(step))
+        return state, metrics, Checked(self.guard_names["update"], flags, batch)
 
     def due_hooks(self, env_step: int) -> list[Hook]:
         return [h for h in self.learner.hooks if env_step % h.every == 0]
 
-    def run_hook(self, hook: Hook, state: State, roots: jax.Array, step: int) -> tuple[State, Metrics]:
-        return self._hooks[hook.name](state, roots, jnp.int32(step))
+    def run_hook(self, hook: Hook, state: State, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
+        state, metrics, flags, batch = self._hooks[hook.name](state, roots, jnp.int32(step))
+        return state, metrics, Checked(self.guard_names[hook.name], flags, batch)
 
 
 def seed_roots(seeds: list[int]) -> jax.Array:

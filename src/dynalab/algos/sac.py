@@ -10,7 +10,7 @@ from flax import struct
 
 from dynalab import replay
 from dynalab.agents import sac
-from dynalab.algos.base import Hook, Learner, Metrics
+from dynalab.algos.base import OFFENDING_BATCH, Hook, Learner, Metrics
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec, Transition
 
@@ -38,15 +38,26 @@ def gradient_steps(
     """`cfg.replay_ratio` SAC updates in one `lax.scan`, each on a fresh minibatch.
 
     Metrics are averaged over the updates. `sample_batch` is how an algorithm feeds SAC:
-    real replay for SAC, a real/synthetic mix for MBPO.
+    real replay for SAC, a real/synthetic mix for MBPO. The minibatch of the first update
+    whose losses were not finite rides along under `OFFENDING_BATCH`, for the run's
+    non-finite guard (zeros when every loss was finite).
     """
 
-    def one(agent, k):
+    def one(carry, k):
+        agent, offending, found = carry
         k_batch, k_update = jax.random.split(k)
-        return sac.update(cfg.sac, agent, sample_batch(k_batch), k_update)
+        batch = sample_batch(k_batch)
+        agent, metrics = sac.update(cfg.sac, agent, batch, k_update)
+        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        first = bad & ~found
+        offending = jax.tree.map(lambda b, o: jnp.where(first, b, o), batch, offending)
+        return (agent, offending, found | bad), metrics
 
-    agent, metrics = jax.lax.scan(one, agent, jax.random.split(key, cfg.replay_ratio))
-    return agent, jax.tree.map(jnp.mean, metrics)
+    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample_batch, key))
+    (agent, offending, _), metrics = jax.lax.scan(
+        one, (agent, empty, jnp.bool_(False)), jax.random.split(key, cfg.replay_ratio)
+    )
+    return agent, {**jax.tree.map(jnp.mean, metrics), OFFENDING_BATCH: offending}
 
 
 def make(cfg: TrainConfig, spec: EnvSpec, store_sim_state: bool = False) -> Learner:

@@ -36,6 +36,14 @@ class Env(Protocol):
         """Restore a vector from get_state so the next step matches the original."""
         ...
 
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Return all host-side state (simulator, counters, RNGs) as numpy arrays for np.savez."""
+        ...
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Restore a snapshot so this instance continues bit-identically to the original."""
+        ...
+
     def close(self) -> None:
         """Release the simulator."""
         ...
@@ -98,6 +106,25 @@ def check_state(state: np.ndarray, state_dim: int) -> np.ndarray:
             f"state has shape {state.shape} but this env's state vector has shape ({state_dim},)."
         )
     return state
+
+
+def put_optional_int(snap: dict[str, np.ndarray], key: str, value: int | None) -> None:
+    """Store an int that may be None as `key` (int64, -1 for None) and `key_set` (bool)."""
+    snap[key] = np.asarray(-1 if value is None else value, dtype=np.int64)
+    snap[f"{key}_set"] = np.asarray(value is not None)
+
+
+def get_optional_int(snap: dict[str, np.ndarray], key: str) -> int | None:
+    """Read back a value written by put_optional_int."""
+    return int(snap[key]) if bool(snap[f"{key}_set"]) else None
+
+
+def check_snapshot_id(snap: dict[str, np.ndarray], env_id: str) -> None:
+    """Raise if `snap` was taken from an env of another id."""
+    if "id" not in snap:
+        raise ValueError("snapshot has no 'id' entry; pass a dict made by snapshot().")
+    if str(snap["id"]) != env_id:
+        raise ValueError(f"snapshot was taken from {str(snap['id'])!r}, not {env_id!r}.")
 
 
 EPISODE_OVER = "step() was called after the episode ended; call reset() or set_state() first."

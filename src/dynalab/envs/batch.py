@@ -83,6 +83,34 @@ class BatchEnv:
         """Current simulator states (N, state_dim) float64; call before step()."""
         return np.stack([env.get_state() for env in self._envs])
 
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """All host-side state: each env's snapshot under `env<i>/`, plus running returns."""
+        snap = {
+            "num_envs": np.asarray(self.num_envs, dtype=np.int64),
+            "returns": self._returns.copy(),
+            "lengths": self._lengths.copy(),
+            "started": np.asarray(self._started),
+        }
+        for i, env in enumerate(self._envs):
+            for key, value in env.snapshot().items():
+                snap[f"env{i}/{key}"] = value
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Continue exactly where the BatchEnv that made `snap` was."""
+        count = int(snap["num_envs"])
+        if count != self.num_envs:
+            raise ValueError(
+                f"snapshot holds {count} envs but this BatchEnv has {self.num_envs}; "
+                "build it with the same seeds as the one that was saved."
+            )
+        for i, env in enumerate(self._envs):
+            prefix = f"env{i}/"
+            env.restore({k[len(prefix) :]: v for k, v in snap.items() if k.startswith(prefix)})
+        self._returns[:] = snap["returns"]
+        self._lengths[:] = snap["lengths"]
+        self._started = bool(snap["started"])
+
     def close(self) -> None:
         for env in self._envs:
             env.close()

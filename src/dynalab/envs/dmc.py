@@ -10,7 +10,13 @@ import numpy as np
 from dm_control import suite
 
 from dynalab.envs import mjstate
-from dynalab.envs.base import EPISODE_OVER, ActionScaler, MujocoHandles, check_state
+from dynalab.envs.base import (
+    EPISODE_OVER,
+    ActionScaler,
+    MujocoHandles,
+    check_snapshot_id,
+    check_state,
+)
 from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
 from dynalab.types import EnvSpec
 
@@ -46,6 +52,7 @@ class DMCEnv(MujocoHandles):
     only: control.Environment's step counter restarts at 0, so a restored env
     never reports a time-limit truncation on its next step and `terminated`
     always comes from the task (dm_control would otherwise mask it at the limit).
+    snapshot/restore carry the step counter and the task's RNG as well.
     """
 
     def __init__(self, env_id: str, domain: str, task: str, seed: int) -> None:
@@ -115,6 +122,47 @@ class DMCEnv(MujocoHandles):
         self._env._step_count = 0
         self._env._reset_next_step = False
         self._episode_over = False
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Simulator state, step counter, the task's RNG and the adapter flags.
+
+        No DMC15 task keeps other per-episode Python state that is read later
+        (cheetah and hopper set an unused `_timeout_progress`); the targets they
+        randomise live in the model entries that get_state already carries.
+        """
+        kind, keys, pos, has_gauss, gauss = self._env.task.random.get_state()
+        return {
+            "id": np.asarray(self.spec.env_id),
+            "state": self.get_state(),
+            "step_count": np.asarray(self._env._step_count, dtype=np.int64),
+            "reset_next_step": np.asarray(self._env._reset_next_step),
+            "episode_over": np.asarray(self._episode_over),
+            "has_reset": np.asarray(self._has_reset),
+            # np.random.RandomState.get_state(), one array per field.
+            "rng_kind": np.asarray(kind),
+            "rng_keys": np.asarray(keys, dtype=np.uint32),
+            "rng_pos": np.asarray(pos, dtype=np.int64),
+            "rng_has_gauss": np.asarray(has_gauss, dtype=np.int64),
+            "rng_gauss": np.asarray(gauss, dtype=np.float64),
+        }
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Make this instance continue exactly like the one `snap` came from."""
+        check_snapshot_id(snap, self.spec.env_id)
+        self.set_state(snap["state"])  # resets a never-reset instance first
+        self._env.task.random.set_state(
+            (
+                str(snap["rng_kind"]),
+                np.asarray(snap["rng_keys"], dtype=np.uint32),
+                int(snap["rng_pos"]),
+                int(snap["rng_has_gauss"]),
+                float(snap["rng_gauss"]),
+            )
+        )
+        self._env._step_count = int(snap["step_count"])
+        self._env._reset_next_step = bool(snap["reset_next_step"])
+        self._episode_over = bool(snap["episode_over"])
+        self._has_reset = bool(snap["has_reset"])
 
     def close(self) -> None:
         self._env.close()

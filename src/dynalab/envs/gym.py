@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import gymnasium
 import mujoco
 import numpy as np
 
 from dynalab.envs import mjstate
-from dynalab.envs.base import EPISODE_OVER, ActionScaler, MujocoHandles, check_state
+from dynalab.envs.base import (
+    EPISODE_OVER,
+    ActionScaler,
+    MujocoHandles,
+    check_snapshot_id,
+    check_state,
+    get_optional_int,
+    put_optional_int,
+)
 from dynalab.types import EnvSpec
 
 
@@ -20,7 +30,8 @@ class GymEnv(MujocoHandles):
     (mass centre from xipos) read them *before* stepping to compute the forward
     reward, so they must travel with the state for the reward to reproduce.
     The TimeLimit step counter is not part of the state: after set_state,
-    `truncated` still counts the steps this instance has taken.
+    `truncated` still counts the steps this instance has taken. snapshot/restore
+    carry it, along with the reset RNG and the wrappers' flags.
     """
 
     def __init__(self, env_id: str, name: str, seed: int) -> None:
@@ -36,6 +47,9 @@ class GymEnv(MujocoHandles):
         self._has_reset = False
         self._nsim = mjstate.integration_size(self._model)
         self._nkin = self._data.xpos.size
+        self._time_limit = _find_wrapper(self._env, gymnasium.wrappers.TimeLimit)
+        self._order = _find_wrapper(self._env, gymnasium.wrappers.OrderEnforcing)
+        self._checker = _find_wrapper(self._env, gymnasium.wrappers.PassiveEnvChecker)
         self.spec = EnvSpec(
             env_id=env_id,
             obs_dim=int(np.prod(self._env.observation_space.shape)),
@@ -88,5 +102,68 @@ class GymEnv(MujocoHandles):
         self._data.xipos[:] = state[n + k :].reshape(self._data.xipos.shape)
         self._episode_over = False
 
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """Simulator state, TimeLimit count, np_random, wrapper and adapter flags."""
+        snap = {
+            "id": np.asarray(self.spec.env_id),
+            "state": self.get_state(),
+            "episode_over": np.asarray(self._episode_over),
+            "has_reset": np.asarray(self._has_reset),
+        }
+        put_optional_int(snap, "next_seed", self._next_seed)
+        # Seeds the initial state of every later episode; None until the first reset.
+        rng = self._core._np_random
+        snap["rng"] = np.asarray("" if rng is None else json.dumps(rng.bit_generator.state))
+        put_optional_int(snap, "rng_seed", self._core._np_random_seed)
+        if self._time_limit is not None:
+            put_optional_int(snap, "elapsed", self._time_limit._elapsed_steps)
+        if self._order is not None:
+            snap["order_has_reset"] = np.asarray(self._order._has_reset)
+        if self._checker is not None:
+            # These only gate Gymnasium's one-off API checks (warnings), kept so a
+            # restored env runs exactly the same code paths.
+            for name in _CHECKER_FLAGS:
+                snap[f"checker_{name}"] = np.asarray(getattr(self._checker, name))
+        return snap
+
+    def restore(self, snap: dict[str, np.ndarray]) -> None:
+        """Make this instance continue exactly like the one `snap` came from."""
+        check_snapshot_id(snap, self.spec.env_id)
+        self.set_state(snap["state"])  # resets a never-reset instance first
+        rng_state = str(snap["rng"])
+        if rng_state:
+            state = json.loads(rng_state)
+            rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+            rng.bit_generator.state = state
+            self._core._np_random = rng
+        else:
+            self._core._np_random = None
+        self._core._np_random_seed = get_optional_int(snap, "rng_seed")
+        if self._time_limit is not None:
+            self._time_limit._elapsed_steps = get_optional_int(snap, "elapsed")
+        if self._order is not None:
+            self._order._has_reset = bool(snap["order_has_reset"])
+        if self._checker is not None:
+            for name in _CHECKER_FLAGS:
+                setattr(self._checker, name, bool(snap[f"checker_{name}"]))
+            # The next unchecked step compares against this; nothing to share with.
+            pending = not (self._checker.checked_step and self._checker.checked_data_reuse)
+            self._checker._previous_data = (None, {}) if pending else None
+        self._next_seed = get_optional_int(snap, "next_seed")
+        self._episode_over = bool(snap["episode_over"])
+        self._has_reset = bool(snap["has_reset"])
+
     def close(self) -> None:
         self._env.close()
+
+
+_CHECKER_FLAGS = ("checked_reset", "checked_step", "checked_data_reuse")
+
+
+def _find_wrapper(env: gymnasium.Env, cls: type) -> gymnasium.Wrapper | None:
+    """The first wrapper of type `cls` in `env`'s wrapper stack, if any."""
+    while isinstance(env, gymnasium.Wrapper):
+        if isinstance(env, cls):
+            return env
+        env = env.env
+    return None

@@ -80,13 +80,17 @@ class ModelConfig:
     direct_next_state: bool = False  # FTFL: predict s' instead of s' - s
 
 
+# Holdout MSE before any fit: the largest float32, not inf, so the run's non-finite guard stays quiet.
+UNFITTED = float(jnp.finfo(jnp.float32).max)
+
+
 class EnsembleState(struct.PyTreeNode):
     params: Params
     opt_state: optax.OptState
     input_norm: Normalizer  # over concat(obs, action)
     target_norm: Normalizer  # over y; the identity when cfg.target_norm is False
     elites: jax.Array  # int32 (num_elites,), members with the lowest holdout MSE, best first
-    holdout_mse: jax.Array  # float32 (ensemble_size,), training space; inf before any fit
+    holdout_mse: jax.Array  # float32 (ensemble_size,), training space; UNFITTED before any fit
 
 
 # --- configuration ------------------------------------------------------------------
@@ -219,7 +223,7 @@ def init(key: jax.Array, obs_dim: int, action_dim: int, cfg: ModelConfig) -> Ens
         input_norm=nz.identity(obs_dim + action_dim),
         target_norm=nz.identity(obs_dim + 1),
         elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
-        holdout_mse=jnp.full((cfg.ensemble_size,), jnp.inf, jnp.float32),
+        holdout_mse=jnp.full((cfg.ensemble_size,), UNFITTED, jnp.float32),
     )
 
 
@@ -233,7 +237,7 @@ def reset(cfg: ModelConfig, state: EnsembleState, key: jax.Array) -> EnsembleSta
         params=params,
         opt_state=make_optimizer(cfg).init(params),
         elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
-        holdout_mse=jnp.full((cfg.ensemble_size,), jnp.inf, jnp.float32),
+        holdout_mse=jnp.full((cfg.ensemble_size,), UNFITTED, jnp.float32),
     )
 
 
