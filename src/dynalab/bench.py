@@ -6,13 +6,18 @@ import dataclasses
 import json
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
-from dynalab import __version__
+from dynalab import __version__, checkpoint
+from dynalab import config as config_lib
+from dynalab.algos import make_learner
+from dynalab.algos.base import seed_roots
 from dynalab.config import TrainConfig
 from dynalab.train import Trainer
 from dynalab.types import Transition, state_bits
@@ -35,12 +40,80 @@ def _device() -> str:
     )
 
 
+# Buffer capacity a default run's checkpoint is sized for when --buffer-capacity is not given:
+# the default is min(1e6, steps), so this is the largest checkpoint a default run writes.
+FULL_CAPACITY = 1_000_000
+
+
+def _full_state(trainer: Trainer, capacity: int) -> Any:
+    """Shapes and dtypes of the trainer's learner state at buffer `capacity` (nothing allocated)."""
+    learner = make_learner(dataclasses.replace(trainer.cfg, buffer_capacity=capacity), trainer.spec)
+    return jax.eval_shape(jax.vmap(learner.init), seed_roots(trainer.seeds))
+
+
+def _stored_learner_bytes(meta: dict) -> int:
+    """Array bytes of `learner.npz` as written: buffer data up to the fill level only."""
+    total = 0
+    for leaf in meta["learner"]:
+        shape = list(leaf["shape"])
+        if leaf["fill"] is not None:
+            shape[1] = min(shape[1], leaf["fill"])
+        total += int(np.prod(shape)) * np.dtype(leaf["dtype"]).itemsize
+    return total
+
+
+def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
+    """Write one real checkpoint of the trainer (as the training loop does) and time it.
+
+    The measured write holds the buffers as far as they are filled in the bench; the full-size
+    checkpoint (every buffer full, at `cfg.buffer_capacity` or FULL_CAPACITY) is not written:
+    its write time is estimated from the measured bytes/second.
+    """
+    loop = {"episode_returns": np.zeros((0, len(trainer.seeds))), "interval_step": np.asarray(0)}
+    host = {**trainer.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in loop.items()}}
+    meta = {"dynalab": __version__, "config": config_lib.to_dict(trainer.cfg), "seeds": trainer.seeds}
+    with tempfile.TemporaryDirectory(prefix="dynalab-bench-") as tmp:
+        metrics = Path(tmp) / "metrics.csv"
+        metrics.write_text("step,seed,metric,value\n")
+        jax.block_until_ready(trainer.state)
+        t0 = time.perf_counter()
+        path = checkpoint.write(Path(tmp) / "checkpoints", trainer.env_step, trainer.state, host, meta, metrics)
+        seconds = time.perf_counter() - t0
+        written = sum(f.stat().st_size for f in path.iterdir())
+        saved = checkpoint.read_meta(path)
+    capacity = cfg.buffer_capacity if cfg.buffer_capacity is not None else FULL_CAPACITY
+    full_learner = checkpoint.nbytes(_full_state(trainer, capacity))
+    # The full-size checkpoint: this one with every buffer filled (metrics.csv, which grows
+    # by a few hundred kB per seed over a long run, is left at its size here).
+    full = written - _stored_learner_bytes(saved) + full_learner
+    rate = written / seconds
+    full_seconds = full / rate
+    every = cfg.checkpoint_every
+    return {
+        "write_seconds": seconds,
+        "bytes_written": written,
+        "buffer_fill": max([leaf["fill"] or 0 for leaf in saved["learner"]], default=0),
+        "bench_capacity": trainer.cfg.capacity,
+        "bench_state_full_bytes": checkpoint.nbytes(trainer.state),
+        "full_capacity": capacity,
+        "full_learner_bytes": full_learner,
+        "full_bytes": full,
+        "write_bytes_per_second": rate,
+        "full_write_seconds_estimate": full_seconds,
+        "every": every,
+        "amortised_seconds_per_env_step_estimate": full_seconds / every if every else None,
+        "folder": tempfile.gettempdir(),
+    }
+
+
 def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
     """Time `cfg.steps` learning steps after warm-up and compilation; returns a JSON-able record.
 
     Phases are seconds per env step of the whole program (all seeds together): `env` (stepping
     the simulators), `learner` (acting + the jitted update call), each learner hook amortised
-    over its interval, and evaluation amortised over `eval_every`.
+    over its interval, and evaluation amortised over `eval_every`. After the timed steps one
+    real checkpoint is written to a temporary folder and timed (`checkpoint`), and the cost of
+    a full-size checkpoint every `checkpoint_every` steps is estimated from it.
     """
     steps = cfg.steps
     # The trainer itself runs warm-up, two compile steps and the measured steps.
@@ -66,6 +139,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         wall = time.perf_counter() - t0
         phases = trainer.timer.drain()
         per_step = {k: phases.get(k, 0.0) / steps for k in ("env", "learner")}
+        ckpt = _checkpoint(trainer, cfg)
 
         for h in hooks:
             t0 = time.perf_counter()
@@ -115,6 +189,8 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         trainer.close()
 
     total = sum(per_step.values())
+    amortised = ckpt["amortised_seconds_per_env_step_estimate"]
+    ckpt["fraction_of_total_estimate"] = amortised / total if amortised is not None else None
     return {
         "command": "dynalab bench",
         "dynalab": __version__,
@@ -136,6 +212,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         "loop_overhead_seconds_per_env_step": per_step["learner"] - learner_only,
         "measured_wall_seconds_per_env_step": wall / steps,
         "eval_seconds_per_evaluation": eval_seconds,
+        "checkpoint": ckpt,
     }
 
 
@@ -162,7 +239,28 @@ def format_table(r: dict) -> str:
                  f"{ms(r['learner_only_seconds_per_env_step'] / n):>14}")
     lines.append(f"{'loop overhead over it':<28}{ms(r['loop_overhead_seconds_per_env_step']):>12}"
                  f"{ms(r['loop_overhead_seconds_per_env_step'] / n):>14}")
+    lines += _checkpoint_lines(r["checkpoint"], n, ms)
     return "\n".join(lines)
+
+
+def _checkpoint_lines(c: dict, n: int, ms) -> list[str]:
+    mb = lambda b: f"{b / 1e6:.1f} MB"  # noqa: E731
+    lines = [
+        "-" * 54,
+        f"{'checkpoint, measured':<28}{mb(c['bytes_written'])} in {c['write_seconds']:.3f} s "
+        f"({c['write_bytes_per_second'] / 1e6:.0f} MB/s; buffers filled to {c['buffer_fill']:,} "
+        f"of {c['bench_capacity']:,})",
+        f"{'checkpoint, full buffers':<28}{c['full_bytes'] / 1e9:.2f} GB at buffer capacity "
+        f"{c['full_capacity']:,} (learner {c['full_learner_bytes'] / 1e9:.2f} GB)",
+        f"{'  write time, estimate':<28}{c['full_write_seconds_estimate']:.2f} s at the measured MB/s",
+    ]
+    amortised = c["amortised_seconds_per_env_step_estimate"]
+    if amortised is None:
+        lines.append(f"{'checkpoint (amortised)':<28}{'off':>12}{'off':>14}  (--checkpoint-every 0)")
+    else:
+        lines.append(f"{'checkpoint (amort., est.)':<28}{ms(amortised):>12}{ms(amortised / n):>14}"
+                     f"  = {100 * c['fraction_of_total_estimate']:.2f}% of total; every {c['every']:,} steps")
+    return lines
 
 
 def write_json(r: dict, path: Path) -> None:

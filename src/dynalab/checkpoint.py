@@ -76,8 +76,12 @@ def _is_buffer(x: Any) -> bool:
     return isinstance(x, ReplayBuffer)
 
 
-def _leaves(state: Any) -> tuple[list[tuple[str, Any, bool]], Any, list[Any]]:
-    """(name, leaf, is_buffer_data) for every leaf, plus what `_rebuild` needs."""
+def _leaves(state: Any) -> tuple[list[tuple[str, Any, int | None]], Any, list[Any]]:
+    """(name, leaf, fill) for every leaf, plus what `_rebuild` needs.
+
+    `fill` is None except for buffer data, where it is that buffer's largest fill level over
+    seeds: entries [0, fill) are in use, the rest are still the zeros it was created with.
+    """
     top, treedef = jax.tree_util.tree_flatten_with_path(state, is_leaf=_is_buffer)
     out, subdefs = [], []
     for path, node in top:
@@ -85,12 +89,13 @@ def _leaves(state: Any) -> tuple[list[tuple[str, Any, bool]], Any, list[Any]]:
         if _is_buffer(node):
             sub, subdef = jax.tree_util.tree_flatten_with_path(node)
             subdefs.append(subdef)
+            fill = int(np.max(np.asarray(node.size)))
             for subpath, leaf in sub:
                 key = jax.tree_util.keystr(subpath)
-                out.append((prefix + key, leaf, key.startswith(".data")))
+                out.append((prefix + key, leaf, fill if key.startswith(".data") else None))
         else:
             subdefs.append(None)
-            out.append((prefix, node, False))
+            out.append((prefix, node, None))
     return out, treedef, subdefs
 
 
@@ -100,12 +105,6 @@ def _rebuild(treedef: Any, subdefs: list[Any], leaves: list[Any]) -> Any:
     for subdef in subdefs:
         nodes.append(next(it) if subdef is None else subdef.unflatten([next(it) for _ in range(subdef.num_leaves)]))
     return treedef.unflatten(nodes)
-
-
-def _fill(state: Any) -> int:
-    """The largest buffer fill level over seeds and buffers (entries [0, fill) are in use)."""
-    buffers = [x for x in jax.tree.leaves(state, is_leaf=_is_buffer) if _is_buffer(x)]
-    return max([int(np.max(np.asarray(b.size))) for b in buffers], default=0)
 
 
 def nbytes(state: Any) -> int:
@@ -130,10 +129,10 @@ def _write_npz(path: Path, arrays: Iterator[tuple[str, np.ndarray]]) -> None:
     _fsync(path)
 
 
-def _learner_arrays(leaves: list[tuple[str, Any, bool]], fill: int) -> Iterator[tuple[str, np.ndarray]]:
-    for i, (_, leaf, is_data) in enumerate(leaves):
+def _learner_arrays(leaves: list[tuple[str, Any, int | None]]) -> Iterator[tuple[str, np.ndarray]]:
+    for i, (_, leaf, fill) in enumerate(leaves):
         arr = np.asarray(leaf)
-        yield f"{i:04d}", arr[:, :fill] if is_data else arr  # buffer data: (seeds, capacity, ...)
+        yield f"{i:04d}", arr if fill is None else arr[:, :fill]  # buffer data: (seeds, capacity, ...)
 
 
 def write(
@@ -153,8 +152,7 @@ def write(
     tmp.mkdir()
     try:
         leaves, _, _ = _leaves(learner_state)
-        fill = _fill(learner_state)
-        _write_npz(tmp / "learner.npz", _learner_arrays(leaves, fill))
+        _write_npz(tmp / "learner.npz", _learner_arrays(leaves))
         _write_npz(tmp / "host.npz", iter(host.items()))
         if metrics_csv is not None:
             shutil.copyfile(metrics_csv, tmp / "metrics.csv")
@@ -163,10 +161,9 @@ def write(
             "format": FORMAT,
             "step": step,
             **meta,
-            "buffer_fill": fill,
             "learner": [
-                {"name": n, "shape": list(x.shape), "dtype": str(x.dtype), "buffer_data": d}
-                for n, x, d in leaves
+                {"name": n, "shape": list(x.shape), "dtype": str(x.dtype), "fill": fill}
+                for n, x, fill in leaves
             ],
         }
         (tmp / "meta.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -205,12 +202,12 @@ def read_learner(path: Path, template: Any) -> Any:
             f"checkpoint {path} holds {len(saved)} arrays but this config's learner has {len(leaves)}; "
             "the algorithm or its structure differs from the run that wrote it."
         )
-    fill = meta["buffer_fill"]
     out = []
     with np.load(path / "learner.npz", allow_pickle=False) as f:
-        for i, ((leaf_name, leaf, is_data), info) in enumerate(zip(leaves, saved)):
+        for i, ((leaf_name, leaf, _), info) in enumerate(zip(leaves, saved)):
             arr = f[f"{i:04d}"]
-            stored = [*leaf.shape[:1], min(leaf.shape[1], fill), *leaf.shape[2:]] if is_data else list(leaf.shape)
+            fill = info["fill"]
+            stored = list(leaf.shape) if fill is None else [leaf.shape[0], min(leaf.shape[1], fill), *leaf.shape[2:]]
             if (info["name"], info["shape"], info["dtype"]) != (leaf_name, list(leaf.shape), str(leaf.dtype)) or list(
                 arr.shape
             ) != stored:
@@ -218,7 +215,7 @@ def read_learner(path: Path, template: Any) -> Any:
                     f"checkpoint {path} does not fit this config: {info['name']} is "
                     f"{info['dtype']}{tuple(info['shape'])} there but {leaf_name} is {leaf.dtype}{tuple(leaf.shape)} here."
                 )
-            if is_data:
+            if fill is not None:
                 full = np.zeros(leaf.shape, leaf.dtype)
                 full[:, : arr.shape[1]] = arr
                 arr = full

@@ -149,20 +149,22 @@ def _parse(name: str, command: type, args: list[str], default_config):
 
 
 def _condense(report: str) -> str:
-    """The first section of a tyro error box, plus its 'Perhaps you meant' flag, as one line."""
-    sections, current = [], []
+    """The message of a tyro error box (unicode or plain), plus its 'Perhaps you meant' flag."""
+    sections: list[list[str]] = [[]]
     for line in report.splitlines():
-        text = line.strip().strip("│╭╮╰╯").strip()
-        if not text or set(text) <= set("─╭╮╰╯ ") or text.startswith("─"):
-            if current and set(line.strip("│ ")) <= set("─"):
-                sections.append(current)
-                current = []
-            continue
-        current.append(text)
-    sections.append(current)
-    message = " ".join(sections[0]).rstrip(".") if sections[0] else report.strip()
+        text = line.strip().strip("│╭╮╰╯|+").strip()
+        if text and set(text) <= set("─-+= "):
+            sections.append([])
+        elif text and not text.startswith("─"):  # a unicode box title line
+            sections[-1].append(text)
+    sections = [s for s in sections if s and not s[0].startswith("For full helptext")]
+    if len(sections) > 1 and len(sections[0]) == 1 and ":" not in sections[0][0]:
+        sections = sections[1:]  # the box's title, e.g. "Value error"
+    if not sections:
+        return " ".join(report.split())
+    message = " ".join(sections[0]).rstrip(".")
     for section in sections[1:]:
-        if section and section[0].startswith("Perhaps you meant") and len(section) > 1:
+        if section[0].startswith("Perhaps you meant") and len(section) > 1:
             message += f"; did you mean {section[1].split()[0]}"
     return " ".join(message.split())
 

@@ -25,6 +25,8 @@ class TrainConfig:
 
     algo: Algo = "sac"
     """Algorithm."""
+    label: str = ""
+    """Name of this variant in reports, e.g. "MBPO + LayerNorm" (empty: the algorithm's name)."""
     env: str = "dmc:cheetah-run"
     """Task id, e.g. dmc:cheetah-run or gym:Hopper-v5 (`dynalab envs` lists them)."""
     seeds: int = 1
@@ -180,7 +182,7 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
 
 
 # Fields that change how a run is kept, not what it computes: they may differ on resume.
-RUN_CONTROL = ("checkpoint_every", "keep_checkpoints")
+RUN_CONTROL = ("label", "checkpoint_every", "keep_checkpoints")
 
 
 def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -228,14 +228,14 @@ def plan_run(cfg: TrainConfig, out: Path, allow_config_change: bool = False) -> 
             raise ConfigError(f"{out} holds a metrics.csv but no config.json, so it is not a dynalab run to resume; choose a new --out.")
         return Plan(cfg, None)
     saved = config_lib.load(saved_path)
+    if not explicit_capacity:  # the default capacity follows --steps; a resumed run keeps its buffers
+        cfg = dataclasses.replace(cfg, buffer_capacity=saved.buffer_capacity)
     diff = config_lib.differences(saved, cfg)
     if diff and not allow_config_change:
         raise ConfigError(
             f"{out} holds a run with a different config ({'; '.join(diff)}); resume it with the same flags "
             "(or `dynalab resume`), pass --allow-config-change to continue it with the new ones, or choose a new --out."
         )
-    if diff and not explicit_capacity:
-        cfg = dataclasses.replace(cfg, buffer_capacity=saved.buffer_capacity)  # the saved buffers' size
     ckpt = checkpoint.latest(out / "checkpoints")
     if ckpt is None:
         if _data_rows(out / "metrics.csv"):

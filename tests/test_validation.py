@@ -1,0 +1,201 @@
+"""Bad input at every entry point: one clear line naming the problem, and the run folder untouched."""
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dynalab import checkpoint
+from dynalab import config as config_lib
+from dynalab.cli import main
+from dynalab.metrics import read
+
+BASE = ["--env", "gym:InvertedPendulum-v5", "--seeds", "2", "--steps", "120", "--replay-ratio", "1",
+        "--warmup-steps", "60", "--batch-size", "16", "--eval-every", "60", "--eval-episodes", "1",
+        "--log-every", "30", "--checkpoint-every", "40", "--sac.hidden", "16", "16"]
+
+
+def contents(folder: Path) -> dict[str, str]:
+    """Every file under `folder` with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def cli_error(args, capsys) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    captured = capsys.readouterr()
+    assert exc.value.code == 2, captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dynalab: error: "), captured.err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    main(["train", *BASE, "--out", str(out), "--no-progress"])
+    return out
+
+
+BAD = [
+    (["--env", "dmc:nope-run"], "unknown env"),
+    (["--env", "InvertedPendulum-v5"], "unknown env"),
+    (["--algo", "dqn"], "invalid choice 'dqn' for argument '--algo'. Expected one of ('sac', 'mbpo'"),
+    (["--steps", "0"], "--steps must be a positive integer, got 0"),
+    (["--steps", "-5"], "--steps must be a positive integer, got -5"),
+    (["--seeds", "0"], "--seeds must be a positive integer"),
+    (["--eval-episodes", "0"], "--eval-episodes must be a positive integer"),
+    (["--batch-size", "-1"], "--batch-size must be a positive integer"),
+    (["--replay-ratio", "0"], "--replay-ratio must be a positive integer"),
+    (["--keep-checkpoints", "0"], "--keep-checkpoints must be a positive integer"),
+    (["--checkpoint-every", "-1"], "--checkpoint-every must be >= 0"),
+    (["--synthetic-ratio", "1.0"], "--synthetic-ratio must be in [0, 1), got 1.0"),
+    (["--synthetic-ratio", "-0.1"], "--synthetic-ratio must be in [0, 1), got -0.1"),
+    (["--sac.discount", "1.5"], "--sac.discount must be in [0, 1)"),
+    (["--steps", "abc"], "Error parsing --steps: invalid literal for int()"),
+    (["--synthetic-ratio", "half"], "Error parsing --synthetic-ratio"),
+    (["--stepz", "5"], "Unrecognized options: --stepz, 5; did you mean --steps"),
+    (["--steps", "500"], "holds a run with a different config (steps: 120 -> 500)"),
+    ([], "holds a finished run of 120 steps"),
+]
+
+
+@pytest.mark.parametrize("args, expected", BAD, ids=[" ".join(a) or "same-flags" for a, _ in BAD])
+def test_bad_train_input_on_an_existing_run_changes_nothing(args, expected, finished_run, capsys):
+    before = contents(finished_run)
+    line = cli_error(["train", *BASE, *args, "--out", str(finished_run), "--no-progress"], capsys)
+    assert expected in line
+    assert contents(finished_run) == before
+
+
+def test_bad_config_files_are_refused(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cases = [
+        ("{not json", "cannot read config"),
+        ('["a", "list"]', "must hold a JSON object"),
+        (json.dumps({"algo": "sac", "stepz": 5}), "bad config: "),
+        (json.dumps({"algo": "sac", "steps": "many"}), "--steps must be an integer, got 'many'"),
+        (json.dumps({"algo": "sac", "env": "gym:Nope-v5"}), "unknown env"),
+    ]
+    for text, expected in cases:
+        (run / "config.json").write_text(text)
+        before = contents(run)
+        assert expected in cli_error(["resume", str(run), "--no-progress"], capsys)
+        assert contents(run) == before
+    assert "holds no config.json" in cli_error(["resume", str(tmp_path / "nowhere")], capsys)
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    f = tmp_path / "a-file"
+    f.write_text("mine")
+    assert "is a file, not a folder" in cli_error(["train", *BASE, "--out", str(f), "--no-progress"], capsys)
+    assert f.read_text() == "mine"
+
+
+def test_full_disk_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    line = cli_error(["train", *BASE, "--out", str(out), "--no-progress"], capsys)
+    assert "not enough free disk space" in line and "--checkpoint-every 0" in line
+    assert not out.exists()
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str):
+    """A fresh tmpfs of `size` mounted at `where` (needs root; skips the test otherwise)."""
+    where.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "none", str(where)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small filesystem needs root and mount(8)")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def test_read_only_folder_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "run"
+    if os.geteuid() != 0:
+        out.mkdir()
+        (out / "notes.txt").write_text("keep me")
+        out.chmod(0o555)
+        line = cli_error(["train", *BASE, "--out", str(out), "--no-progress"], capsys)
+        out.chmod(0o755)
+    else:  # root may write into any folder: make the filesystem itself read-only
+        with small_filesystem(out, "1m"):
+            (out / "notes.txt").write_text("keep me")
+            subprocess.run(["mount", "-o", "remount,ro", str(out)], check=True)
+            line = cli_error(["train", *BASE, "--out", str(out), "--no-progress"], capsys)
+            assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+            assert (out / "notes.txt").read_text() == "keep me"
+    assert line.startswith("dynalab: error: cannot write to run folder"), line
+    assert "Read-only file system" in line or "Permission denied" in line
+
+
+def test_full_filesystem_is_refused_and_left_alone(tmp_path, capsys):
+    out = tmp_path / "run"
+    with small_filesystem(out, "256k"):
+        (out / "notes.txt").write_text("keep me")
+        with pytest.raises(OSError):  # fill it up
+            with (out / "filler").open("wb") as f:
+                while True:
+                    f.write(b"x" * 4096)
+                    f.flush()
+        before = contents(out)
+        line = cli_error(["train", *BASE, "--out", str(out), "--no-progress"], capsys)
+        assert "not enough free disk space" in line and "--checkpoint-every 0" in line
+        assert contents(out) == before
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    write = checkpoint._write_npz
+
+    def full_at_step_80(path, arrays):
+        if path.parent.name.startswith(f".tmp-{checkpoint.name(80)}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(path, arrays)
+
+    monkeypatch.setattr(checkpoint, "_write_npz", full_at_step_80)
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *BASE, "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 3
+    assert "could not write the checkpoint of step 80" in err and "No space left on device" in err
+    assert [c.name for c in checkpoint.complete(out / "checkpoints")] == [checkpoint.name(0), checkpoint.name(40)]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+
+    monkeypatch.setattr(checkpoint, "_write_npz", write)  # space freed: the same command resumes
+    main(["train", *BASE, "--out", str(out), "--no-progress"])
+    keys = [r[:3] for r in read(out / "metrics.csv")]
+    assert len(keys) == len(set(keys)) and max(k[0] for k in keys) == 120
+
+
+def test_changed_config_can_be_forced_to_extend_a_run(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    main(["train", *BASE, "--steps", "160", "--allow-config-change", "--out", str(run), "--no-progress"])
+    cfg = config_lib.load(run / "config.json")
+    assert cfg.steps == 160 and cfg.buffer_capacity == 120  # the saved buffers keep their size
+    steps = sorted({s for s, _, m, _ in read(run / "metrics.csv") if m == "eval/return"})
+    assert steps == [60, 120, 160]
+    assert len(json.loads((run / "run.json").read_text())["resumes"]) == 1
+
+
+def test_resume_command_continues_a_killed_run(finished_run, tmp_path):
+    """`dynalab resume DIR` picks the newest checkpoint; here the run is cut back to step 80."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints" / checkpoint.name(120))
+    main(["resume", str(run), "--no-progress"])
+    same = lambda p: [r for r in read(p / "metrics.csv") if not r[2].startswith("time/")]  # noqa: E731
+    assert same(run) == same(finished_run)
