@@ -154,11 +154,11 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
 
         # Pieces of the learner call (model rollouts), each alone: part of `learner` above.
         parts = {}
-        for name, fn in trainer.batch.parts.items():
-            jax.block_until_ready(fn(trainer.state, trainer.roots, trainer.env_step))
+        for name in trainer.batch.parts:
+            jax.block_until_ready(trainer.batch.part(name, trainer.state, trainer.roots, trainer.env_step))
             t0 = time.perf_counter()
             for i in range(learner_repeats):
-                out = fn(trainer.state, trainer.roots, trainer.env_step + i)
+                out = trainer.batch.part(name, trainer.state, trainer.roots, trainer.env_step + i)
             jax.block_until_ready(out)
             parts[name] = (time.perf_counter() - t0) / learner_repeats
 
@@ -201,12 +201,13 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         "algo": cfg.algo,
         "env": cfg.env,
         "seeds": cfg.seeds,
+        "members": len(cfg.members()),  # seeds x swept values: the runs in the program
         "replay_ratio": cfg.replay_ratio,
         "batch_size": cfg.batch_size,
         "measured_steps": steps,
         "config": dataclasses.asdict(cfg),
         "seconds_per_env_step": {**per_step, "total": total},
-        "seconds_per_seed_step": total / cfg.seeds,
+        "seconds_per_seed_step": total / len(cfg.members()),
         "learner_parts_seconds_per_env_step": parts,
         "learner_only_seconds_per_env_step": learner_only,
         "loop_overhead_seconds_per_env_step": per_step["learner"] - learner_only,
@@ -218,7 +219,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
 
 def format_table(r: dict) -> str:
     ms = lambda x: f"{1e3 * x:10.2f}"  # noqa: E731
-    n = r["seeds"]
+    n = r.get("members", r["seeds"])
     lines = [
         f"dynalab bench: {r['algo']} on {r['env']}, {n} seed(s), replay ratio {r['replay_ratio']}, "
         f"{r['measured_steps']} steps, device {r['device']}",

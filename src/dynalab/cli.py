@@ -1,4 +1,4 @@
-"""Command line: `dynalab train`, `dynalab resume`, `dynalab bench`, `dynalab envs`."""
+"""Command line: `dynalab train|resume|sweep|experiments|report|bench|envs`."""
 
 from __future__ import annotations
 
@@ -105,7 +105,118 @@ class Envs:
             print(f"{tag:<6} {env_id}")
 
 
-COMMANDS: dict[str, type] = {"train": Train, "resume": Resume, "bench": Bench, "envs": Envs}
+@dataclass
+class Experiments:
+    """List the papers' experiments (presets), or show one experiment's trials."""
+
+    show: str | None = None
+    """Print this experiment's trials and their configs' main fields."""
+
+    def run(self) -> None:
+        from dynalab import experiments
+
+        if self.show is not None:
+            exp = experiments.load(self.show, check=False)
+            print(f"{exp.name}: {exp.description}\nreproduces: {exp.reproduces}\n")
+            for t in exp.trials:
+                c = t.cfg
+                print(f"  {t.name:<52} algo={c.algo} seeds={c.seeds} steps={c.steps:,}")
+            return
+        for name in experiments.names():
+            exp = experiments.load(name, check=False)
+            seeds = sorted({t.cfg.seeds for t in exp.trials})
+            steps = sorted({t.cfg.steps for t in exp.trials})
+            budget = f"{steps[0] // 1000}k" + (f"-{steps[-1] // 1000}k" if len(steps) > 1 else "")
+            print(f"{name:<26} {len(exp.trials):>3} trials  seeds {'/'.join(map(str, seeds)):<4} steps {budget:<10} "
+                  f"{exp.reproduces}")
+            print(f"{'':<26} {exp.description}")
+
+
+@dataclass
+class Sweep:
+    """Run every trial (task x variant) of an experiment into OUT/<trial>/, locally or on Ray.
+
+    Trials already finished are skipped, interrupted ones resume from their checkpoints, and
+    failed ones are retried; OUT/sweep.json records each trial's status. Then
+    `dynalab report OUT --out REPORT` turns the runs into figures and tables.
+    """
+
+    experiment: tyro.conf.Positional[str]
+    """A preset name (`dynalab experiments` lists them) or a path to a .toml file."""
+    out: Path = Path("runs/sweep")
+    """Sweep folder; each trial is a run folder inside it."""
+    scale: float = 1.0
+    """Multiply every env-step count (steps, warm-up, intervals) by this, for a smoke run."""
+    seeds: int | None = None
+    """Override the number of seeds of every trial."""
+    only: tuple[str, ...] = ()
+    """Run only trials whose names match one of these glob patterns (e.g. 'sac__*')."""
+    override: Annotated[tuple[str, ...], tyro.conf.arg(name="set")] = ()
+    """Config overrides FIELD=VALUE in TOML syntax, e.g. --set replay_ratio=1 'sac.hidden=[32, 32]'."""
+    ray: str | None = None
+    """Run the trials as Ray tasks on this cluster ('auto' or HOST:PORT); needs dynalab[ray]."""
+    retries: int = 1
+    """Retry a failed trial this many times (it resumes from its last checkpoint)."""
+    dry_run: bool = False
+    """List the trials that would run, and stop."""
+    progress: bool = True
+    """Show progress bars (local runs)."""
+
+    def run(self) -> None:
+        import fnmatch
+
+        from dynalab import experiments
+        from dynalab.sweep import run_sweep
+
+        overrides = experiments.parse_overrides(list(self.override))
+        if self.seeds is not None:
+            overrides["seeds"] = self.seeds
+        exp = experiments.load(self.experiment, scale=self.scale, overrides=overrides)
+        trials = [t for t in exp.trials if not self.only or any(fnmatch.fnmatch(t.name, p) for p in self.only)]
+        if not trials:
+            raise ConfigError(f"no trial of {exp.name} matches --only {' '.join(self.only)}; "
+                              f"trials are: {', '.join(t.name for t in exp.trials)}.")
+        if self.retries < 0:
+            raise ConfigError(f"--retries must be >= 0, got {self.retries}.")
+        print(f"{exp.name}: {len(trials)} trials -> {self.out}")
+        if self.dry_run:
+            for t in trials:
+                print(f"  {t.name:<52} algo={t.cfg.algo} seeds={t.cfg.seeds} steps={t.cfg.steps:,}")
+            return
+        statuses = run_sweep(trials, self.out, ray_address=self.ray, retries=self.retries, progress=self.progress)
+        failed = [name for name, status in statuses.items() if status == "failed"]
+        if failed:
+            raise SweepFailed(f"{len(failed)} of {len(trials)} trials failed ({', '.join(failed)}); "
+                              f"see {self.out / 'sweep.json'}, then run the same command to retry them.")
+
+
+class SweepFailed(RuntimeError):
+    """Some trials of a sweep failed after their retries."""
+
+
+@dataclass
+class Report:
+    """Turn run folders (or sweep folders) into figures, summary.md and one index.html."""
+
+    dirs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run or sweep folders; every run folder found inside them is included."""
+    out: Path = Path("report")
+    """Report folder."""
+    reps: int = 2000
+    """Bootstrap resamples for the 95% confidence intervals."""
+
+    def run(self) -> None:
+        from dynalab.analysis.report import make_report
+
+        for d in self.dirs:
+            if not d.is_dir():
+                raise ConfigError(f"{d} is not a folder; pass run or sweep folders written by dynalab.")
+        files = make_report(list(self.dirs), self.out, reps=self.reps)
+        print(f"wrote {len(files)} files to {self.out}; open {self.out / 'index.html'}")
+
+
+COMMANDS: dict[str, type] = {"train": Train, "resume": Resume, "sweep": Sweep, "experiments": Experiments,
+                             "report": Report, "bench": Bench, "envs": Envs}
 
 
 def _algo_in(args: list[str]) -> str:
@@ -124,9 +235,9 @@ def _algo_in(args: list[str]) -> str:
 def _usage() -> str:
     from dynalab.algos import ALGOS
 
-    lines = ["usage: dynalab {train,resume,bench,envs} [--help] ...", "",
+    lines = ["usage: dynalab {train,resume,sweep,experiments,report,bench,envs} [--help] ...", "",
              "dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.", "", "commands:"]
-    lines += [f"  {name:<7} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
+    lines += [f"  {name:<12} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
     lines += ["", "algorithms (--algo):"] + [f"  {name:<11} {a.summary}" for name, a in ALGOS.items()]
     return "\n".join(lines)
 
@@ -191,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConfigError, UnknownEnvError, CheckpointError) as e:
         print(f"dynalab: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (NonFiniteError, CheckpointWriteError) as e:
+    except (NonFiniteError, CheckpointWriteError, SweepFailed) as e:
         print(f"dynalab: error: {e}", file=sys.stderr)
         sys.exit(3)
     except Preempted as e:

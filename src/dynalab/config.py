@@ -33,6 +33,10 @@ class TrainConfig:
     """Number of seeds trained together in one vmapped program."""
     seed: int = 0
     """First seed; the run trains seeds seed, seed+1, ..., seed+seeds-1."""
+    sweep_field: str = ""
+    """Sweep this scalar inside one vmapped program (one of: synthetic_ratio, sac.discount, sac.tau)."""
+    sweep_values: tuple[float, ...] = ()
+    """The values of --sweep-field; each runs with every seed. metrics.csv gains a column for it."""
     steps: int = 100_000
     """Environment steps per seed."""
     replay_ratio: int = 20
@@ -93,6 +97,23 @@ class TrainConfig:
     def seed_list(self) -> list[int]:
         return [self.seed + k for k in range(self.seeds)]
 
+    def members(self) -> list[tuple[int, float | None]]:
+        """(seed, swept value) of every run in the program, value-major; value None without a sweep."""
+        values = self.sweep_values if self.sweep_field else (None,)
+        return [(s, v) for v in values for s in self.seed_list()]
+
+
+# Scalars a program may sweep over its member axis: used only in traced arithmetic, never as shapes.
+SWEEPABLE = ("synthetic_ratio", "sac.discount", "sac.tau")
+
+
+def with_field(cfg: TrainConfig, field_path: str, value: Any) -> TrainConfig:
+    """`cfg` with the (possibly nested, dotted) field set to `value`."""
+    head, _, rest = field_path.partition(".")
+    if rest:
+        return dataclasses.replace(cfg, **{head: dataclasses.replace(getattr(cfg, head), **{rest: value})})
+    return dataclasses.replace(cfg, **{head: value})
+
 
 def _positive(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -121,6 +142,14 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     from dynalab.envs import UnknownEnvError, env_spec  # lazy: simulators are slow to import
 
     _check_types(cfg)
+    if cfg.sweep_field or cfg.sweep_values:
+        if cfg.sweep_field not in SWEEPABLE:
+            raise ConfigError(f"--sweep-field must be one of: {', '.join(SWEEPABLE)}, got {cfg.sweep_field!r}.")
+        if not cfg.sweep_values:
+            raise ConfigError(f"--sweep-values needs at least one value for --sweep-field {cfg.sweep_field}.")
+        for v in cfg.sweep_values:  # each value must make a valid run on its own
+            validate(with_field(dataclasses.replace(cfg, sweep_field="", sweep_values=()), cfg.sweep_field, v), algos)
+        return
     if cfg.algo not in algos:
         raise ConfigError(f"unknown algo {cfg.algo!r}; choose one of: {', '.join(algos)}.")
     try:
@@ -219,6 +248,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
             model["weight_decay"] = tuple(model["weight_decay"])
         if d.get("horizon_schedule") is not None:
             d["horizon_schedule"] = tuple(d["horizon_schedule"])
+        if d.get("sweep_values") is not None:
+            d["sweep_values"] = tuple(d["sweep_values"])
         return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model))
     except TypeError as e:  # an unknown or misspelt field
         valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))

@@ -56,9 +56,9 @@ class Timer:
 class NonFiniteError(RuntimeError):
     """A NaN or Inf reached a loss, parameter or observation; the message is one sentence."""
 
-    def __init__(self, step: int, seed: int, quantities: list[str], offending: dict[str, np.ndarray]):
-        super().__init__(step, seed, quantities)
-        self.step, self.seed, self.offending = step, seed, offending
+    def __init__(self, step: int, member: str, quantities: list[str], offending: dict[str, np.ndarray]):
+        super().__init__(step, member, quantities)
+        self.step, self.member, self.offending = step, member, offending
         self.quantity, self.others = quantities[0], quantities[1:]
         self.saved_to: Path | None = None
 
@@ -66,7 +66,7 @@ class NonFiniteError(RuntimeError):
         more = f" (and {len(self.others)} more, e.g. {self.others[0]})" if self.others else ""
         where = (f"; saved the last finite state and the offending batch to {self.saved_to}"
                  if self.saved_to else "")
-        return f"a NaN or Inf appeared in {self.quantity}{more} of seed {self.seed} at env step {self.step}{where}."
+        return f"a NaN or Inf appeared in {self.quantity}{more} of {self.member} at env step {self.step}{where}."
 
 
 def _arrays(prefix: str, tree) -> dict[str, np.ndarray]:
@@ -81,19 +81,32 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         config_lib.validate(cfg, list(ALGOS))
         self.cfg = cfg
-        self.seeds = cfg.seed_list()
+        self.members = cfg.members()
+        self.seeds = [seed for seed, _ in self.members]  # one entry per member of the program
         self.spec = env_spec(cfg.env)
-        self.batch = SeedBatch(make_learner(cfg, self.spec), self.spec.action_dim)
+        self._base = make_learner(cfg, self.spec)
+        self.batch = SeedBatch(self._learner_for, self.spec.action_dim,
+                               [0.0 if v is None else v for _, v in self.members])
         self.envs = BatchEnv(cfg.env, [train_env_seed(s) for s in self.seeds])
         self.eval_envs = BatchEnv(
             cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)]
         )
-        self.roots = seed_roots(self.seeds)
-        self.state = self.batch.init(self.roots)
+        self.roots = seed_roots(self.seeds)  # a seed draws the same keys whatever value it runs with
+        self.state = self.batch.init_state(self.roots)
         self.obs = self.envs.reset()
         self.env_step = 0  # env steps taken by each seed so far
         self.timer = Timer()
         self.last_metrics: Metrics = {}
+
+    def _learner_for(self, value):
+        """The learner of one member: with a sweep, built around that member's (traced) value."""
+        if not self.cfg.sweep_field or value is None:
+            return self._base
+        return make_learner(config_lib.with_field(self.cfg, self.cfg.sweep_field, value), self.spec)
+
+    def member_name(self, i: int) -> str:
+        seed, value = self.members[i]
+        return f"seed {seed}" + (f" ({self.cfg.sweep_field}={value})" if value is not None else "")
 
     def step(self) -> StepResult:
         t0 = time.perf_counter()
@@ -119,7 +132,7 @@ class Trainer:
         for quantity, value in (("reward", res.reward), ("observation", res.next_obs), ("reset observation", res.obs)):
             bad = ~np.isfinite(value.reshape(len(self.seeds), -1)).all(axis=1)
             if bad.any():
-                raise NonFiniteError(step, self.seeds[int(np.argmax(bad))], [quantity], _arrays("transition", transition))
+                raise NonFiniteError(step, self.member_name(int(np.argmax(bad))), [quantity], _arrays("transition", transition))
         if learning:
             self.state, self.last_metrics, checked = self.batch.update(self.state, transition, self.roots, self.env_step)
             self._check(checked, step, transition)
@@ -148,7 +161,7 @@ class Trainer:
             offending.update(_arrays("minibatch", checked.batch))
         # The guard kept the bad seed's pre-call learner state (its buffers do hold this step's data);
         # the caller saves it with the env-step counter not yet advanced.
-        raise NonFiniteError(step, self.seeds[seed], quantities, offending)
+        raise NonFiniteError(step, self.member_name(seed), quantities, offending)
 
     def evaluate(self) -> np.ndarray:
         """Undiscounted return of one deterministic episode per eval env: shape (seeds, episodes)."""
@@ -339,7 +352,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
         _check_disk(out, cfg, checkpoint.nbytes(trainer.state))
         _check_writable(out)
         checkpoint.remove_partial(ckpts)
-        loop = {"episode_returns": np.zeros((0, cfg.seeds)), "interval_step": np.asarray(0)}
+        loop = {"episode_returns": np.zeros((0, len(trainer.members))), "interval_step": np.asarray(0)}
         if plan.checkpoint is None:
             config_lib.save(cfg, out / "config.json")
             _run_meta(out, None)
@@ -383,19 +396,20 @@ class CheckpointWriteError(RuntimeError):
 
 def _save_nonfinite(trainer: Trainer, cfg: TrainConfig, out: Path, err: NonFiniteError, writer: MetricsWriter) -> Path:
     meta = {"dynalab": __version__, "config": config_lib.to_dict(cfg), "seeds": trainer.seeds,
-            "nonfinite": {"step": err.step, "seed": err.seed, "quantity": err.quantity, "others": err.others}}
+            "nonfinite": {"step": err.step, "member": err.member, "quantity": err.quantity, "others": err.others}}
     host = {**trainer.host_state(), **{f"offending/{k}": v for k, v in err.offending.items()}}
     return checkpoint.write(out, err.step, trainer.state, host, meta, writer.path, target="nonfinite")
 
 
 def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: bool) -> np.ndarray:
-    writer = MetricsWriter(out / "metrics.csv", trainer.seeds)
+    sweep = {cfg.sweep_field: [v for _, v in trainer.members]} if cfg.sweep_field else None
+    writer = MetricsWriter(out / "metrics.csv", trainer.seeds, sweep)
     episode_returns = list(loop["episode_returns"])
     interval_start, interval_step = time.perf_counter(), int(loop["interval_step"])
     bar = tqdm(total=cfg.steps, initial=trainer.env_step, unit="step", disable=not progress, dynamic_ncols=True,
                desc=f"{cfg.algo} {cfg.env}")
-    returns = np.full((cfg.seeds, cfg.eval_episodes), np.nan)
-    loop_state = lambda: {"episode_returns": np.asarray(episode_returns).reshape(-1, cfg.seeds),  # noqa: E731
+    returns = np.full((len(trainer.members), cfg.eval_episodes), np.nan)
+    loop_state = lambda: {"episode_returns": np.asarray(episode_returns).reshape(-1, len(trainer.members)),  # noqa: E731
                           "interval_step": interval_step}
     try:
         with _Stop() as stop:

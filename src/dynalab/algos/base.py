@@ -118,21 +118,27 @@ class Checked:
 
 
 class SeedBatch:
-    """A learner compiled over a leading seed axis: one XLA call per operation per env step."""
+    """A learner compiled over a leading member axis: one XLA call per operation per env step.
 
-    def __init__(self, learner: Learner, action_dim: int):
-        self.learner = learner
-        batched = lambda f: jax.vmap(f, in_axes=(0, None))  # noqa: E731  (per-seed key, shared step)
-        self.init = jax.jit(jax.vmap(learner.init))
-        self._random_action = jax.jit(
-            batched(lambda root, step: jax.random.uniform(step_key(root, step, RANDOM_ACTION), (action_dim,), minval=-1.0, maxval=1.0))
-        )
-        self._explore = jax.jit(
-            jax.vmap(lambda s, o, root, step: learner.explore(s, o, step_key(root, step, EXPLORE)), in_axes=(0, 0, 0, None))
-        )
-        self.exploit = jax.jit(jax.vmap(learner.exploit))
+    Members are seeds, or (value, seed) pairs when a scalar hyperparameter is swept inside the
+    program: then `learner_for(value)` rebuilds the learner around each member's traced value
+    (`values`, one per member), so a whole sweep shares one compiled program. Without a sweep,
+    `learner_for` ignores its argument.
+    """
+
+    def __init__(self, learner_for: Callable[[Any], Learner], action_dim: int, values: jax.Array):
+        self.learner = learner = learner_for(None)
+        self.values = jnp.asarray(values, jnp.float32)
+        per_member = lambda f, *axes: jax.vmap(f, in_axes=(*axes, 0, 0, None))  # noqa: E731  (root, value, step)
+        self.init = jax.jit(jax.vmap(lambda key, v: learner_for(v).init(key)))
+        self._random_action = jax.jit(per_member(
+            lambda root, v, step: jax.random.uniform(step_key(root, step, RANDOM_ACTION), (action_dim,), minval=-1.0,
+                                                     maxval=1.0)))
+        self._explore = jax.jit(per_member(
+            lambda s, o, root, v, step: learner_for(v).explore(s, o, step_key(root, step, EXPLORE)), 0, 0))
+        self._exploit = jax.jit(jax.vmap(lambda s, o, v: learner_for(v).exploit(s, o)))
         # Donating the state lets XLA update replay buffers in place where the backend can.
-        self.observe = jax.jit(jax.vmap(learner.observe), donate_argnums=0)
+        self._observe = jax.jit(jax.vmap(lambda s, t, v: learner_for(v).observe(s, t)), donate_argnums=0)
         self.guard_names: dict[str, list[str]] = {}
 
         def guarded(name, fn):
@@ -144,41 +150,49 @@ class SeedBatch:
                 return keep_unless(~flags.any(), new, s), metrics, flags, batch
             return call
 
-        self._update = jax.jit(
-            jax.vmap(guarded("update", lambda s, t, root, step: learner.update(s, t, step_key(root, step, UPDATE))),
-                     in_axes=(0, 0, 0, None)),
-            donate_argnums=0,
-        )
+        self._update = jax.jit(per_member(guarded(
+            "update", lambda s, t, root, v, step: learner_for(v).update(s, t, step_key(root, step, UPDATE))), 0, 0),
+            donate_argnums=0)
         self._hooks = {
-            h.name: jax.jit(
-                jax.vmap(guarded(h.name, lambda s, root, step, fn=h.fn: fn(s, step_key(root, step, HOOK))),
-                         in_axes=(0, 0, None)),
-                donate_argnums=0,
-            )
-            for h in learner.hooks
+            h.name: jax.jit(per_member(guarded(
+                h.name, lambda s, root, v, step, i=i: learner_for(v).hooks[i].fn(s, step_key(root, step, HOOK))), 0),
+                donate_argnums=0)
+            for i, h in enumerate(learner.hooks)
+        }
+        self.parts = {
+            name: jax.jit(per_member(
+                lambda s, root, v, step, i=i: learner_for(v).parts[i][1](s, step_key(root, step, UPDATE)), 0))
+            for i, (name, _) in enumerate(learner.parts)
         }
 
-        self.parts = {
-            name: jax.jit(jax.vmap(lambda s, root, step, fn=fn: fn(s, step_key(root, step, UPDATE)), in_axes=(0, 0, None)))
-            for name, fn in learner.parts
-        }
+    def init_state(self, roots: jax.Array) -> State:
+        return self.init(roots, self.values)
 
     def random_action(self, roots: jax.Array, step: int) -> jax.Array:
-        return self._random_action(roots, jnp.int32(step))
+        return self._random_action(roots, self.values, jnp.int32(step))
 
     def explore(self, state: State, obs: jax.Array, roots: jax.Array, step: int) -> jax.Array:
-        return self._explore(state, obs, roots, jnp.int32(step))
+        return self._explore(state, obs, roots, self.values, jnp.int32(step))
+
+    def exploit(self, state: State, obs: jax.Array) -> jax.Array:
+        return self._exploit(state, obs, self.values)
+
+    def observe(self, state: State, t: Transition) -> State:
+        return self._observe(state, t, self.values)
 
     def update(self, state: State, t: Transition, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
-        state, metrics, flags, batch = self._update(state, t, roots, jnp.int32(step))
+        state, metrics, flags, batch = self._update(state, t, roots, self.values, jnp.int32(step))
         return state, metrics, Checked(self.guard_names["update"], flags, batch)
 
     def due_hooks(self, env_step: int) -> list[Hook]:
         return [h for h in self.learner.hooks if env_step % h.every == 0]
 
     def run_hook(self, hook: Hook, state: State, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
-        state, metrics, flags, batch = self._hooks[hook.name](state, roots, jnp.int32(step))
+        state, metrics, flags, batch = self._hooks[hook.name](state, roots, self.values, jnp.int32(step))
         return state, metrics, Checked(self.guard_names[hook.name], flags, batch)
+
+    def part(self, name: str, state: State, roots: jax.Array, step: int) -> Any:
+        return self.parts[name](state, roots, self.values, jnp.int32(step))
 
 
 def seed_roots(seeds: list[int]) -> jax.Array:
