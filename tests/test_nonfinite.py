@@ -43,14 +43,15 @@ def test_nan_loss_stops_the_run_and_saves_the_last_finite_state(tmp_path, monkey
     with pytest.raises(NonFiniteError) as exc:
         train(TINY, out, progress=False)
     err = exc.value
-    assert (err.step, err.seed) == (POISON_AT + 1, TINY.seed + 1)
+    assert (err.step, err.member) == (POISON_AT + 1, f"seed {TINY.seed + 1}")
     assert err.quantity.startswith("loss/") or err.quantity.startswith("q/"), err.quantity
     message = str(err)
     assert f"seed {TINY.seed + 1}" in message and f"env step {POISON_AT + 1}" in message and str(out / "nonfinite") in message
 
     saved = out / "nonfinite"
     meta = checkpoint.read_meta(saved)
-    assert meta["nonfinite"] == {"step": POISON_AT + 1, "seed": TINY.seed + 1, "quantity": err.quantity, "others": err.others}
+    assert meta["nonfinite"] == {"step": POISON_AT + 1, "member": f"seed {TINY.seed + 1}", "quantity": err.quantity,
+                                 "others": err.others}
     # The learner state kept for the bad seed is the one before the NaN: every parameter finite.
     trainer = Trainer(TINY)
     try:
@@ -85,5 +86,5 @@ def test_nan_observation_is_caught_before_it_reaches_the_learner(tmp_path, monke
     monkeypatch.setattr(BatchEnv, "step", broken)
     with pytest.raises(NonFiniteError) as exc:
         train(dataclasses.replace(TINY, checkpoint_every=0), tmp_path / "run", progress=False)
-    assert (exc.value.step, exc.value.seed, exc.value.quantity) == (30, TINY.seed + 2, "observation")
+    assert (exc.value.step, exc.value.member, exc.value.quantity) == (30, f"seed {TINY.seed + 2}", "observation")
     assert np.isinf(checkpoint.read_host(tmp_path / "run" / "nonfinite")["offending/transition.next_obs"][2, 1])

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         parsed = _parse(name, command, rest, default_config)
         parsed.run()
-    except (ConfigError, UnknownEnvError, CheckpointError) as e:
+    except (ConfigError, UnknownEnvError, CheckpointError) as e:  # ReportError is a ConfigError
         print(f"dynalab: error: {e}", file=sys.stderr)
         sys.exit(2)
     except (NonFiniteError, CheckpointWriteError, SweepFailed) as e:

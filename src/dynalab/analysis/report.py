@@ -1,0 +1,458 @@
+"""`make_report`: figures, summary.md and a self-contained index.html from run folders.
+
+Definitions used throughout (also written into summary.md's "Method" section):
+
+- Final return of a seed: its `eval/return` (the mean return of the deterministic policy over the
+  evaluation episodes) at its last evaluation. For a finished run that is the evaluation at the
+  configured `steps`; for a run still going, its latest evaluation (the "Runs" table says which).
+- Per task and variant: IQM over seeds, with a 95% percentile stratified-bootstrap CI (rliable).
+- SAC-normalised score of a seed: its final return divided by the SAC variant's final-return IQM on
+  the same task (held fixed in the bootstrap). Tasks where that IQM is not positive are left out.
+  The aggregate per variant is the IQM over all normalised seeds of the tasks it shares with SAC,
+  with a stratified bootstrap (seeds resampled within each task).
+- Seconds per env step: a run's logged wall-clock time over the env steps it covers (1 /
+  `time/env_steps_per_sec`, weighted by interval length), averaged over the variant's run folders
+  on the task. One env step steps all seeds of a run folder at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dynalab.analysis import figures as F
+from dynalab.analysis import stats
+from dynalab.analysis.runs import ReportError, RunData, env_sort_key, load_runs, task_title, variant_sort_key
+
+__all__ = ["make_report", "ReportError"]
+
+EVAL = "eval/return"
+SPS = "time/env_steps_per_sec"
+# (file name, title, y label, [(metric, line style, style legend)], log y if the data span this many decades)
+DIAGNOSTICS = [
+    ("diag_model_error", "Model error on real data (state part of the model's target)", "model error (%)",
+     [("model/pct_error", "-", None)], 2.0),
+    ("diag_q_values", "Critic on real vs synthetic batches", "mean Q-value",
+     [("q/mean_real", "-", "real data"), ("q/mean_synthetic", "--", "synthetic data")], None),
+    ("diag_rewards", "Rewards in real vs synthetic batches", "mean reward per transition",
+     [("reward/mean_real", "-", "real data"), ("reward/mean_synthetic", "--", "synthetic data")], None),
+    ("diag_model_variance", "Model's predicted variance of the state target", "predicted state variance",
+     [("model/var_state", "-", None)], 2.0),
+]
+
+
+FIGURE_NAMES = ["curves_eval_return", "sac_normalised", "synthetic_ratio"] + [d[0] for d in DIAGNOSTICS] + [
+    "seconds_per_step"]
+
+
+@dataclass
+class Table:
+    """A table rendered both to markdown and to HTML."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+    """A footnote printed under the table (empty: none)."""
+
+    def markdown(self) -> str:
+        esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+        lines = ["| " + " | ".join(map(esc, self.headers)) + " |", "|" + "|".join(["---"] * len(self.headers)) + "|"]
+        lines += ["| " + " | ".join(map(esc, r)) + " |" for r in self.rows]
+        return "\n".join(lines) + (f"\n\n{self.note}" if self.note else "")
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.rows)
+        note = f'<p class="note">{html.escape(self.note)}</p>' if self.note else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
+
+
+def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
+    """Write figures (PNG + PDF), summary.md and index.html for every run under `dirs` into `out`.
+
+    Returns the files written. Raises ReportError (one sentence) when the inputs cannot be reported.
+    """
+    if reps < 1:
+        raise ReportError(f"reps must be a positive integer, got {reps}.")
+    wanted = {EVAL, SPS} | {metric for *_, series, _ in DIAGNOSTICS for metric, _, _ in series}
+    data = load_runs([Path(d) for d in dirs], metrics=wanted)
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    runs, m = data.runs, data.metrics
+
+    envs = sorted(runs["env"].unique(), key=env_sort_key)
+    variants = sorted(runs["variant"].unique(), key=variant_sort_key)
+    families = sorted(runs["ratio_group"].unique(), key=variant_sort_key)
+    ratio_of = dict(zip(runs["variant"], runs["synthetic_ratio"]))
+    family_of = dict(zip(runs["variant"], runs["ratio_group"]))
+    colours = F.palette([(v, family_of[v], ratio_of[v]) for v in variants])
+
+    final = final_scores(m)
+    final_est = _final_estimates(final, reps)
+    written: list[tuple[str, list[Path]]] = []
+
+    # Training curves.
+    panels = {env: _curves(m, env, EVAL, "-", reps) for env in envs}
+    written.append(("Evaluation return during training: IQM across seeds with 95% bootstrap CIs.",
+                    F.curve_grid(fig_dir, "curves_eval_return", "Evaluation return (IQM over seeds, 95% CI)",
+                                 "evaluation return", panels, colours, variants)))
+
+    # SAC-normalised summary.
+    per_task_norm, aggregate, norm_notes = sac_normalised(final, final_est, data.sac_variant, reps)
+    data.notes.extend(norm_notes)
+    if data.sac_variant and per_task_norm:
+        written.append((f"Final return relative to {data.sac_variant} per task (grouped by suite) and aggregated "
+                        "over tasks (IQM of SAC-normalised scores, stratified-bootstrap 95% CI).",
+                        F.sac_normalised(fig_dir, per_task_norm, aggregate, colours, variants, data.sac_variant)))
+
+    # Synthetic-ratio curve.
+    ratio_panels = synthetic_ratio_points(final, runs, reps)
+    sac_ref = {env: final_est[(env, data.sac_variant)] for env in envs if (env, data.sac_variant) in final_est}
+    sac_caption = f"; the dashed line and band are {data.sac_variant}'s" if sac_ref else ""
+    written.append((f"Final return vs synthetic ratio S (IQM, 95% CI){sac_caption}.",
+                    F.synthetic_ratio(fig_dir, ratio_panels, sac_ref, colours, families, data.sac_variant)))
+
+    # Diagnostics.
+    present = set(m["metric"].unique())
+    for name, title, ylabel, series, log_decades in DIAGNOSTICS:
+        if not any(metric in present for metric, _, _ in series):
+            continue
+        panels = {env: [c for metric, ls, _ in series if metric in present for c in _curves(m, env, metric, ls, reps)]
+                  for env in envs}
+        styles = [(ls, label) for metric, ls, label in series if label and metric in present]
+        written.append((f"{title}: IQM across seeds with 95% bootstrap CIs.",
+                        F.curve_grid(fig_dir, name, title, ylabel, panels, colours, variants,
+                                     styles if len(styles) > 1 else None, log_decades)))
+
+    # Seconds per env step.
+    secs = seconds_per_step(m, runs)
+    sec_panels: dict[str, dict[str, float]] = {}
+    for (env, variant), (value, _) in secs.items():
+        sec_panels.setdefault(env, {})[variant] = value
+    written.append(("Wall-clock seconds per environment step (all seeds of a run folder step together).",
+                    F.seconds_per_step(fig_dir, {e: sec_panels[e] for e in envs if e in sec_panels}, colours,
+                                       variants)))
+
+    figures = [(caption, paths) for caption, paths in written if paths]
+    made = {p.name for _, paths in figures for p in paths}
+    for name in FIGURE_NAMES:  # a figure this report does not draw must not linger from an earlier report
+        for path in (fig_dir / f"{name}.png", fig_dir / f"{name}.pdf"):
+            if path.name not in made:
+                path.unlink(missing_ok=True)
+    tables = _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, variants, data)
+    summary = out / "summary.md"
+    summary.write_text(_summary_md(dirs, runs, tables, figures, reps, data, out))
+    index = out / "index.html"
+    index.write_text(_index_html(dirs, runs, tables, figures, reps, data))
+    return [p for _, paths in figures for p in paths] + [summary, index]
+
+
+# --- statistics -------------------------------------------------------------------------
+
+
+def final_scores(m: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, seed): the seed's eval/return at its last evaluation (column `step`)."""
+    ev = m[m["metric"] == EVAL]
+    cols = ["env", "variant", "ratio_group", "synthetic_ratio", "run", "seed", "step", "value"]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    idx = ev.groupby(["run", "seed"], observed=True)["step"].idxmax()
+    out = ev.loc[idx, cols].copy()
+    for c in ("env", "variant", "ratio_group", "run"):
+        out[c] = out[c].astype(str)
+    return out.reset_index(drop=True)
+
+
+def _final_estimates(final: pd.DataFrame, reps: int) -> dict[tuple[str, str], F.Estimate]:
+    return {(env, variant): F.Estimate(*stats.iqm_with_ci(g["value"].to_numpy()[:, None], reps))
+            for (env, variant), g in final.groupby(["env", "variant"])}
+
+
+def sac_normalised(
+    final: pd.DataFrame, final_est: dict[tuple[str, str], F.Estimate], sac_variant: str | None, reps: int
+) -> tuple[dict[str, dict[str, F.Estimate]], dict[str, F.Estimate], list[str]]:
+    """Per task {variant: IQM/SAC-IQM with CI/SAC-IQM} and per variant the aggregate IQM of normalised scores.
+
+    Returns ({}, {}, notes) when there is no SAC reference.
+    """
+    notes: list[str] = []
+    if sac_variant is None:
+        return {}, {}, notes
+    per_task: dict[str, dict[str, F.Estimate]] = {}
+    pooled: dict[str, list[np.ndarray]] = {}
+    for env, g in final.groupby("env"):
+        ref = final_est.get((env, sac_variant))
+        if ref is None:
+            continue
+        if not ref.point > 0:
+            notes.append(f"{task_title(env)}: SAC's final-return IQM is {ref.point:.4g} (not positive), so the task "
+                         "is left out of the SAC-normalised results.")
+            continue
+        per_task[env] = {}
+        for variant, gv in g.groupby("variant"):
+            est = final_est[(env, variant)]
+            per_task[env][variant] = F.Estimate(est.point / ref.point, est.lo / ref.point, est.hi / ref.point)
+            pooled.setdefault(variant, []).append(stats.normalise_to_reference(gv["value"].to_numpy(), ref.point))
+    aggregate = {v: F.Estimate(*stats.iqm_with_ci(scores, reps)) for v, scores in pooled.items()}
+    return per_task, aggregate, notes
+
+
+def synthetic_ratio_points(final: pd.DataFrame, runs: pd.DataFrame, reps: int) -> dict[str, dict[str, list]]:
+    """{env: {family: [(S, Estimate, variant), ...]}} for tasks whose model-based runs use more than one S."""
+    mb = final[final["synthetic_ratio"].notna()]
+    out: dict[str, dict[str, list]] = {}
+    for env in sorted(mb["env"].unique(), key=env_sort_key):
+        g = mb[mb["env"] == env]
+        if g["synthetic_ratio"].nunique() < 2:
+            continue
+        fams: dict[str, list] = {}
+        for (family, s, variant), gs in g.groupby(["ratio_group", "synthetic_ratio", "variant"]):
+            est = F.Estimate(*stats.iqm_with_ci(gs["value"].to_numpy()[:, None], reps))
+            fams.setdefault(family, []).append((float(s), est, variant))
+        out[env] = fams
+    return out
+
+
+def seconds_per_step(m: pd.DataFrame, runs: pd.DataFrame) -> dict[tuple[str, str], tuple[float, list[int]]]:
+    """{(env, variant): (mean over run folders of seconds per env step, [seeds per run folder])}."""
+    t = m[m["metric"] == SPS]
+    per_run = {}
+    for run, g in t.groupby("run", observed=True):
+        rate = g.groupby("step")["value"].mean().sort_index()
+        rate = rate[rate > 0]
+        if rate.empty:
+            continue
+        steps = rate.index.to_numpy(dtype=np.float64)
+        n = np.diff(np.concatenate([[0.0], steps]))
+        per_run[str(run)] = float(np.sum(n / rate.to_numpy()) / np.sum(n))
+    out: dict[tuple[str, str], tuple[float, list[int]]] = {}
+    for (env, variant), g in runs.groupby(["env", "variant"]):
+        vals = [(per_run[r], s) for r, s in zip(g["run"], g["program_seeds"]) if r in per_run]
+        if vals:
+            out[(env, variant)] = (float(np.mean([v for v, _ in vals])), [s for _, s in vals])
+    return out
+
+
+def _curves(m: pd.DataFrame, env: str, metric: str, linestyle: str, reps: int) -> list[F.Curve]:
+    g = m[(m["env"] == env) & (m["metric"] == metric)]
+    curves = []
+    for variant, gv in g.groupby("variant", observed=True):
+        wide = gv.pivot_table(index=["run", "seed"], columns="step", values="value", aggfunc="mean", observed=True)
+        if wide.empty:
+            continue
+        point, lo, hi = stats.iqm_curve_with_ci(wide.to_numpy(), reps)
+        steps = wide.columns.to_numpy()
+        ok = np.isfinite(point)
+        curves.append(F.Curve(str(variant), steps[ok], point[ok], lo[ok], hi[ok], linestyle))
+    return curves
+
+
+# --- text -------------------------------------------------------------------------------
+
+
+def _num(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%" if abs(x) >= 0.1 else f"{100 * x:.1f}%"
+
+
+def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, variants, data) -> dict[str, Table]:
+    tables: dict[str, Table] = {}
+    n_seeds = final.groupby(["env", "variant"]).size().to_dict()
+    mixed = (final.groupby(["env", "variant"])["step"].nunique() > 1).to_dict()
+    rows = []
+    for env in envs:
+        row = [task_title(env)]
+        for v in variants:
+            est = final_est.get((env, v))
+            row.append("-" if est is None else f"{_num(est.point)} [{_num(est.lo)}, {_num(est.hi)}] "
+                       f"(n={n_seeds[(env, v)]}){' †' if mixed[(env, v)] else ''}")
+        rows.append(row)
+    note = ("† The seeds' final evaluations are at different env steps (a run not finished yet, or runs of different "
+            "lengths); see the Runs table." if any(mixed.values()) else "")
+    tables["final"] = Table(["Task"] + variants, rows, note)
+
+    if data.sac_variant and per_task_norm:
+        norm_variants = [v for v in variants if any(v in per_task_norm[e] for e in per_task_norm)]
+        rows = []
+        for env in [e for e in envs if e in per_task_norm]:
+            cells = []
+            for v in norm_variants:
+                est = per_task_norm[env].get(v)
+                cells.append("-" if est is None else f"{_pct(est.point)} [{_pct(est.lo)}, {_pct(est.hi)}]")
+            rows.append([task_title(env)] + cells)
+        tables["normalised"] = Table(["Task"] + norm_variants, rows)
+        rows = []
+        for v in norm_variants:
+            est = aggregate[v]
+            tasks = [e for e in per_task_norm if v in per_task_norm[e]]
+            seeds = sum(n_seeds[(e, v)] for e in tasks)
+            rows.append([v, _pct(est.point), f"[{_pct(est.lo)}, {_pct(est.hi)}]", str(len(tasks)), str(seeds)])
+        tables["aggregate"] = Table(["Variant", "IQM of SAC-normalised final return", "95% CI", "Tasks", "Seeds"],
+                                    rows)
+
+    if secs:
+        rows = []
+        for env in envs:
+            row = [task_title(env)]
+            for v in variants:
+                if (env, v) not in secs:
+                    row.append("-")
+                    continue
+                value, seeds = secs[(env, v)]
+                per = "/".join(str(s) for s in sorted(set(seeds)))
+                row.append(f"{value:.3g} s ({len(seeds)} run{'s' if len(seeds) > 1 else ''}, {per} seeds/run)")
+            rows.append(row)
+        tables["seconds"] = Table(["Task"] + variants, rows)
+
+    rows = []
+    last_eval = final.groupby("run")["step"].agg(["min", "max"]).to_dict("index")
+    ordered = sorted(runs.itertuples(), key=lambda r: (env_sort_key(r.env), variant_sort_key(r.variant), r.run))
+    for r in ordered:
+        ev = last_eval.get(r.run)
+        ev_text = "none yet" if ev is None else (F.format_steps(ev["max"]) if ev["min"] == ev["max"]
+                                                 else f"{F.format_steps(ev['min'])}-{F.format_steps(ev['max'])}")
+        status = "finished" if r.finished else f"running/stopped at {F.format_steps(r.last_step)}"
+        rows.append([r.run, task_title(r.env), r.variant, ", ".join(map(str, r.seeds)),
+                     F.format_steps(r.configured_steps), ev_text, status])
+    tables["runs"] = Table(["Run folder", "Task", "Variant", "Seeds", "Steps", "Final eval at", "Status"], rows)
+    return tables
+
+
+def _method(reps: int, data: RunData) -> str:
+    sac = data.sac_variant or "SAC"
+    return (
+        "Scores are aggregated with the interquartile mean (IQM: the mean of the middle 50% of the scores, "
+        "a 25% trimmed mean, as rliable's `aggregate_iqm`). Confidence intervals are 95% percentile "
+        f"stratified-bootstrap intervals from rliable (`get_interval_estimates`) with {reps} bootstrap "
+        "replications: seeds are resampled with replacement within each task; the bootstrap RNG is seeded (seed "
+        f"{stats.BOOTSTRAP_SEED}) for every estimate, so the report is reproducible. "
+        "**Final return** of a seed: its `eval/return` (mean return of the deterministic policy over the "
+        "evaluation episodes) at its last evaluation, i.e. at the configured number of steps for a finished run and "
+        "the latest evaluation for a run that is still going (see the Runs table). Seeds of the same task and "
+        "variant pool across run folders; n is the number of seeds. "
+        f"**SAC-normalised** score: a seed's final return divided by {sac}'s final-return IQM on the same task "
+        "(a fixed divisor in the bootstrap; tasks where it is not positive are left out); per task this is the "
+        f"variant's IQM [CI] divided by {sac}'s IQM; the aggregate is the IQM over all normalised seeds of the tasks "
+        "the variant shares with SAC, with the same stratified bootstrap (seeds resampled within each task). "
+        "**Training curves** show the IQM across seeds at each evaluation (or logging) step with a 95% bootstrap "
+        "band (whole seeds resampled). "
+        "**Seconds per env step**: wall-clock time of a run's logged intervals divided by the environment steps they "
+        "cover (1/`time/env_steps_per_sec` weighted by interval length, so it includes warm-up, evaluation and "
+        "checkpoints), averaged over the variant's run folders; one env step advances all seeds of a run folder "
+        "together, so compare runs with the same seeds per run on the same hardware. "
+        "**Variants** are named by the run's label, else its algorithm; settings that differ between runs of the "
+        "same name on a task are appended, e.g. `MBPO (S=0.5)`."
+    )
+
+
+def _no_normalisation(data: RunData) -> str:
+    if data.sac_variant is None:
+        return ("No SAC reference runs (algo sac with an empty label or the label SAC), so no SAC-normalised "
+                "results.")
+    return f"No SAC-normalised results: {data.sac_variant} has no positive final return on any task yet."
+
+
+def _summary_md(dirs, runs, tables, figures, reps, data, out: Path) -> str:
+    parts = [
+        "# dynalab report",
+        "",
+        f"{len(runs)} run folder(s) from {', '.join(f'`{d}`' for d in dirs)}; "
+        f"{runs['env'].nunique()} task(s), {runs['variant'].nunique()} variant(s).",
+        "",
+        "## Final evaluation return",
+        "",
+        "IQM over seeds [95% stratified-bootstrap CI] of the final return; n = seeds.",
+        "",
+        tables["final"].markdown(),
+        "",
+    ]
+    if "normalised" in tables:
+        parts += ["## Relative to SAC", "",
+                  f"Per task: the variant's final-return IQM [95% CI] as a percentage of {data.sac_variant}'s IQM.",
+                  "", tables["normalised"].markdown(), "",
+                  "Aggregate over tasks: IQM of the SAC-normalised final returns of all seeds, stratified bootstrap.",
+                  "", tables["aggregate"].markdown(), ""]
+    else:
+        parts += ["## Relative to SAC", "", _no_normalisation(data), ""]
+    if "seconds" in tables:
+        parts += ["## Seconds per environment step", "", tables["seconds"].markdown(), ""]
+    parts += ["## Runs", "", tables["runs"].markdown(), "", "## Method", "", _method(reps, data), ""]
+    if data.notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in data.notes] + [""]
+    parts += ["## Figures", ""]
+    for caption, paths in figures:
+        png = paths[0].relative_to(out)
+        parts += [f"![{caption}]({png.as_posix()})", "", f"*{caption}* ([PDF]({paths[1].relative_to(out).as_posix()}))",
+                  ""]
+    return "\n".join(parts)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.6em}h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.9em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:.3em .6em;text-align:left;white-space:nowrap}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
+figure{margin:1.5em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.9em;color:#555}p.note{font-size:.85em;color:#555}p.method{font-size:.92em}
+code{background:#f3f3f3;padding:0 .2em}
+"""
+
+
+def _md_inline(text: str) -> str:
+    """The few inline markdown marks the method text uses (**bold**, `code`) as HTML."""
+    import re
+
+    t = html.escape(text)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def _index_html(dirs, runs, tables, figures, reps, data) -> str:
+    body = [f"<h1>dynalab report</h1><p>{len(runs)} run folder(s) from "
+            f"{html.escape(', '.join(map(str, dirs)))}; {runs['env'].nunique()} task(s), "
+            f"{runs['variant'].nunique()} variant(s).</p>"]
+    body.append("<h2>Final evaluation return</h2><p>IQM over seeds [95% stratified-bootstrap CI]; n = seeds.</p>")
+    body.append(tables["final"].html())
+    if "normalised" in tables:
+        body.append(f"<h2>Relative to SAC</h2><p>Per task: final-return IQM [95% CI] as a percentage of "
+                    f"{html.escape(data.sac_variant)}'s IQM.</p>")
+        body.append(tables["normalised"].html())
+        body.append("<p>Aggregate over tasks: IQM of the SAC-normalised final returns, stratified bootstrap.</p>")
+        body.append(tables["aggregate"].html())
+    else:
+        body.append(f"<h2>Relative to SAC</h2><p>{html.escape(_no_normalisation(data))}</p>")
+    if "seconds" in tables:
+        body.append("<h2>Seconds per environment step</h2>" + tables["seconds"].html())
+    body.append("<h2>Figures</h2>")
+    for caption, paths in figures:
+        b64 = base64.b64encode(paths[0].read_bytes()).decode("ascii")
+        body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    body.append("<h2>Runs</h2>" + tables["runs"].html())
+    body.append(f'<h2>Method</h2><p class="method">{_md_inline(_method(reps, data))}</p>')
+    if data.notes:
+        body.append("<h2>Notes</h2><ul>" + "".join(f"<li>{_md_inline(n)}</li>" for n in data.notes) + "</ul>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>dynalab report</title>"
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

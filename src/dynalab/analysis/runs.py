@@ -1,0 +1,297 @@
+"""Find run folders and load them into one tidy table.
+
+A run folder is any folder holding a `config.json` (written by `dynalab train`); the folders
+`checkpoints/` and `nonfinite/` inside a run, and hidden folders (`.tmp-*` checkpoint writes), are
+not runs and are not searched. A run that is still going is read as far as it has got.
+
+Variants. A run's variant is its `label`, or the algorithm's display name (SAC, MBPO, FTFL, Tuned
+FTFL) when the label is empty. When runs with the same name on the same task differ in a setting
+that changes results (e.g. a synthetic-ratio sweep), every run of that name, on every task, gets
+those settings appended, e.g. "MBPO (S=0.5)" and "MBPO (S=0.95)", so that different experiments
+never pool. Settings that do not change what is learned (seed, seeds, steps, eval/log/checkpoint
+cadence, label) and, for SAC, the Dyna-only settings it ignores, are not compared. The algorithm
+is compared: one label on two algorithms names two variants ("X (algo=sac)", "X (algo=mbpo)").
+
+Seeds from different run folders of the same task and variant pool together. The same seed in two
+run folders of one task and variant is refused (ReportError) rather than silently de-duplicated:
+it means a repeated or copied run, and which copy is "right" is the user's decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from dynalab import config as config_lib
+from dynalab.config import ConfigError, TrainConfig
+
+NOT_RUNS = {"checkpoints", "nonfinite"}
+DISPLAY = {"sac": "SAC", "mbpo": "MBPO", "ftfl": "FTFL", "ftfl-tuned": "Tuned FTFL"}
+SUITES = {"gym": "Gym", "dmc": "DMC"}
+SUITE_ORDER = ("gym", "dmc")
+
+# Settings that do not change what a run learns: never used to tell variants apart.
+NOT_COMPARED = {"label", "env", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
+                "checkpoint_every", "keep_checkpoints"}
+# Settings SAC ignores (Dyna-style algorithms only).
+DYNA_ONLY = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule", "synthetic_retain_steps",
+             "model_refit_every", "reset_model_every", "perfect_model", "model.")
+SHORT_NAMES = {"synthetic_ratio": "S"}
+
+RUN_COLUMNS = ["run", "path", "env", "suite", "task", "algo", "label", "base_variant", "variant", "ratio_group",
+               "synthetic_ratio", "is_sac", "seeds", "program_seeds", "configured_steps", "last_step", "finished"]
+METRIC_COLUMNS = ["run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "synthetic_ratio",
+                  "seed", "step", "metric", "value"]
+
+
+class ReportError(ConfigError):
+    """A problem with the report's inputs; the message is one sentence."""
+
+
+@dataclass
+class RunData:
+    """Everything the report reads: one row per run folder, and all metric rows (tidy)."""
+
+    runs: pd.DataFrame
+    """One row per run folder (RUN_COLUMNS)."""
+    metrics: pd.DataFrame
+    """Long format: one row per (run, seed, step, metric) (METRIC_COLUMNS)."""
+    sac_variant: str | None
+    """The variant other variants are normalised to (None: no SAC runs, or no single SAC variant)."""
+    notes: list[str] = field(default_factory=list)
+    """Things the reader should know (runs skipped, SAC reference ambiguous, ...)."""
+
+
+def find_run_folders(dirs: list[Path]) -> list[Path]:
+    """Every folder under `dirs` (each may itself be a run) that holds a config.json, sorted."""
+    found: dict[Path, None] = {}
+    for d in map(Path, dirs):
+        if not d.is_dir():
+            raise ReportError(f"{d} is not a folder.")
+        for root, subdirs, files in os.walk(d):
+            subdirs[:] = sorted(s for s in subdirs if s not in NOT_RUNS and not s.startswith("."))
+            if "config.json" in files:
+                found.setdefault(Path(root).resolve(), None)
+    if not found:
+        raise ReportError(f"no run folders (folders with a config.json) under {', '.join(map(str, dirs))}.")
+    return sorted(found)
+
+
+def parse_env(env: str) -> tuple[str, str]:
+    """'dmc:humanoid-stand' -> ('dmc', 'humanoid-stand')."""
+    suite, _, task = env.partition(":")
+    return (suite, task) if task else ("", env)
+
+
+def task_title(env: str) -> str:
+    """'dmc:humanoid-stand' -> 'DMC humanoid-stand'."""
+    suite, task = parse_env(env)
+    return f"{SUITES.get(suite, suite)} {task}".strip()
+
+
+def env_sort_key(env: str) -> tuple:
+    suite, task = parse_env(env)
+    return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else len(SUITE_ORDER), suite, task.lower())
+
+
+def variant_sort_key(name: str) -> tuple:
+    """SAC, MBPO, FTFL, Tuned FTFL first (with their suffixed forms), then the rest alphabetically."""
+    order = list(DISPLAY.values())
+    base = name.split(" (")[0]
+    return (order.index(base) if base in order else len(order), base.lower(), name)
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A run's metrics.csv (columns step, seed, metric, value); a torn last line is dropped.
+
+    A program that swept a scalar has that scalar's column after `seed`; it comes back as `swept`.
+    """
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame({"step": pd.Series(dtype="int64"), "seed": pd.Series(dtype="int64"),
+                             "metric": pd.Series(dtype="object"), "value": pd.Series(dtype="float64")})
+    df = pd.read_csv(path, dtype=str, keep_default_na=False, on_bad_lines="skip")
+    missing = {"step", "seed", "metric", "value"} - set(df.columns)
+    if missing:
+        raise ReportError(f"{path} lacks the column(s) {', '.join(sorted(missing))}; expected step,seed,metric,value.")
+    columns = {
+        "step": pd.to_numeric(df["step"], errors="coerce"),
+        "seed": pd.to_numeric(df["seed"], errors="coerce"),
+        "metric": df["metric"].where(df["metric"] != ""),
+        "value": pd.to_numeric(df["value"], errors="coerce"),
+    }
+    swept = [c for c in df.columns if c not in ("step", "seed", "metric", "value")]
+    if swept:
+        columns["swept"] = pd.to_numeric(df[swept[0]], errors="coerce")
+    out = pd.DataFrame(columns).dropna()
+    out = out[np.isfinite(out["value"])]
+    with path.open("rb") as f:  # a run killed mid-write can leave a torn last line: drop it
+        f.seek(-1, os.SEEK_END)
+        torn = f.read(1) != b"\n"
+    if torn and len(out) and len(df) and out.index[-1] == len(df) - 1:
+        out = out.iloc[:-1]
+    out = out.astype({"step": "int64", "seed": "int64"})
+    key = ["step", "seed", "swept", "metric"] if swept else ["step", "seed", "metric"]
+    return out.drop_duplicates(key, keep="last").reset_index(drop=True)
+
+
+def _compared_settings(cfg: TrainConfig) -> dict[str, str]:
+    """The result-affecting settings of a run, as canonical JSON strings."""
+    flat = config_lib.flatten(config_lib.to_dict(cfg))
+    if flat.get("buffer_capacity") == min(1_000_000, cfg.steps):
+        flat["buffer_capacity"] = None  # the resolved default depends on `steps`, which is not compared
+    out = {}
+    for k, v in flat.items():
+        if k in NOT_COMPARED:
+            continue
+        if cfg.algo == "sac" and any(k == d or (d.endswith(".") and k.startswith(d)) for d in DYNA_ONLY):
+            continue
+        out[k] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def _format_setting(key: str, value_json: str) -> str:
+    value = json.loads(value_json)
+    if isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, list):
+        text = "(" + ", ".join(str(v) for v in value) + ")"
+    else:
+        text = str(value)
+    return f"{SHORT_NAMES.get(key, key)}={text}"
+
+
+def _setting_order(key: str) -> tuple:
+    return (key != "synthetic_ratio", key)
+
+
+def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData:
+    """Discover, read and name every run under `dirs`; see the module docstring for the rules.
+
+    `metrics` keeps only those metric names (default: all), to save memory on large sweeps.
+    """
+    keep = None if metrics is None else set(metrics)
+    folders = find_run_folders(dirs)
+    roots = [Path(d).resolve() for d in dirs]
+    notes: list[str] = []
+    runs, metric_frames = [], {}
+    pieces = []
+    for folder in folders:
+        try:
+            cfg = config_lib.load(folder / "config.json")
+        except ConfigError as e:
+            raise ReportError(str(e)) from None
+        m = read_metrics(folder / "metrics.csv")
+        if keep is not None:
+            m = m[m["metric"].isin(keep)].reset_index(drop=True)
+        name = _display_name(folder, roots)
+        if name in metric_frames or any(p[2] == name for p in pieces):
+            name = str(folder)  # two input folders with the same name
+        if not cfg.sweep_field:
+            pieces.append((folder, cfg, name, m.drop(columns="swept", errors="ignore")))
+            continue
+        # A swept program holds one run per value: report each as its own run.
+        single = dataclasses.replace(cfg, sweep_field="", sweep_values=())
+        short = SHORT_NAMES.get(cfg.sweep_field, cfg.sweep_field)
+        for v in cfg.sweep_values:
+            part = m[np.isclose(m["swept"], v)].drop(columns="swept") if "swept" in m else m.iloc[:0]
+            pieces.append((folder, config_lib.with_field(single, cfg.sweep_field, v), f"{name} [{short}={v:g}]",
+                           part.reset_index(drop=True)))
+    for folder, cfg, name, m in pieces:
+        if m.empty:
+            notes.append(f"Run `{name}` has no metrics yet; it is left out.")
+            continue
+        suite, task = parse_env(cfg.env)
+        base = cfg.label or DISPLAY.get(cfg.algo, cfg.algo)
+        runs.append({
+            "run": name, "path": str(folder), "env": cfg.env, "suite": suite, "task": task, "algo": cfg.algo,
+            "label": cfg.label, "base_variant": base,
+            "synthetic_ratio": math.nan if cfg.algo == "sac" else float(cfg.synthetic_ratio),
+            "is_sac": cfg.algo == "sac" and cfg.label.strip().lower() in ("", "sac"),
+            "seeds": sorted(int(s) for s in m["seed"].unique()), "program_seeds": cfg.seeds,
+            "configured_steps": cfg.steps, "last_step": int(m["step"].max()),
+            "_settings": _compared_settings(cfg),
+        })
+        metric_frames[name] = m
+    if not runs:
+        raise ReportError("none of the run folders has any metrics yet.")
+    _name_variants(runs)
+    sac_variant = _sac_reference(runs, notes)
+    _check_seeds(runs)
+
+    run_table = pd.DataFrame(runs).drop(columns=["_settings", "_default"])
+    run_table["finished"] = run_table["last_step"] >= run_table["configured_steps"]
+    run_table = run_table[RUN_COLUMNS]
+    parts = []
+    for r in run_table.itertuples(index=False):
+        m = metric_frames[r.run].copy()
+        for col in ("run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "synthetic_ratio"):
+            m[col] = getattr(r, col)
+        parts.append(m)
+    metrics = pd.concat(parts, ignore_index=True)[METRIC_COLUMNS]
+    for col in ("run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "metric"):
+        metrics[col] = metrics[col].astype("category")
+    return RunData(runs=run_table, metrics=metrics, sac_variant=sac_variant, notes=notes)
+
+
+def _display_name(folder: Path, roots: list[Path]) -> str:
+    """The run folder relative to the input folder it was found under (prefixed by that folder's name)."""
+    for root in roots:
+        if folder == root:
+            return root.name or str(root)
+        if folder.is_relative_to(root):
+            return str(Path(root.name) / folder.relative_to(root))
+    return str(folder)
+
+
+def _name_variants(runs: list[dict]) -> None:
+    """Set variant, ratio_group and _default on every run (see the module docstring)."""
+    values: dict[tuple[str, str], dict[str, set[str]]] = {}
+    for r in runs:
+        per_key = values.setdefault((r["env"], r["base_variant"]), {})
+        for k, v in r["_settings"].items():
+            per_key.setdefault(k, set()).add(v)
+    varying: dict[str, set[str]] = {}
+    for (_, base), per_key in values.items():
+        varying.setdefault(base, set()).update(k for k, vs in per_key.items() if len(vs) > 1)
+    default_settings = _compared_settings(TrainConfig())
+    for r in runs:
+        keys = sorted(varying[r["base_variant"]], key=_setting_order)
+        parts = [_format_setting(k, r["_settings"].get(k, "null")) for k in keys]
+        r["variant"] = r["base_variant"] + (f" ({', '.join(parts)})" if parts else "")
+        group = [p for k, p in zip(keys, parts) if k != "synthetic_ratio"]
+        r["ratio_group"] = r["base_variant"] + (f" ({', '.join(group)})" if group else "")
+        r["_default"] = all(r["_settings"].get(k) == default_settings.get(k) for k in keys)
+
+
+def _sac_reference(runs: list[dict], notes: list[str]) -> str | None:
+    """The SAC variant to normalise by: algo sac labelled '' or 'SAC'; if several, the one with default settings."""
+    candidates = sorted({r["variant"] for r in runs if r["is_sac"]})
+    if len(candidates) > 1:
+        defaults = sorted({r["variant"] for r in runs if r["is_sac"] and r["_default"]})
+        if len(defaults) == 1:
+            return defaults[0]
+        notes.append(f"SAC normalisation is skipped: several SAC variants ({', '.join(candidates)}) qualify as the "
+                     "reference; label the others differently.")
+        return None
+    return candidates[0] if candidates else None
+
+
+def _check_seeds(runs: list[dict]) -> None:
+    owner: dict[tuple[str, str, int], str] = {}
+    for r in runs:
+        for s in r["seeds"]:
+            key = (r["env"], r["variant"], s)
+            if key in owner:
+                raise ReportError(
+                    f"seed {s} of {r['variant']} on {r['env']} is in two run folders, {owner[key]} and {r['run']}; "
+                    "remove one of them, or give the runs different --label values."
+                )
+            owner[key] = r["run"]
