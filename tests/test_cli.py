@@ -54,3 +54,64 @@ def test_help_explains_every_flag(capsys):
     for flag in ("--replay-ratio", "--warmup-steps", "--eval-every", "--eval-episodes", "--batch-size", "--seed ",
                  "--seeds", "--steps", "--env", "--algo", "--out"):
         assert flag in captured.out, flag
+
+
+def test_experiments_lists_every_preset(capsys):
+    from dynalab import experiments
+
+    main(["experiments"])
+    out = capsys.readouterr().out
+    for name in experiments.names():
+        assert name in out
+    assert "Figure 8" in out and "Fixing That Free Lunch" in out
+
+
+def test_sweep_dry_run_and_bad_names(capsys, tmp_path):
+    main(["sweep", "stfl-fig4-dmc6", "--out", str(tmp_path / "s"), "--only", "*hopper-hop", "--scale", "0.01",
+          "--dry-run"])
+    out = capsys.readouterr().out
+    assert "sac__dmc-hopper-hop" in out and "mbpo__dmc-hopper-hop" in out and "steps=5,000" in out
+    assert not (tmp_path / "s").exists()
+    code, captured = run_cli(["sweep", "fig99", "--out", str(tmp_path / "s")], capsys)
+    assert code == 2 and "unknown experiment 'fig99'; choose one of:" in captured.err
+    code, captured = run_cli(["sweep", "stfl-fig4-dmc6", "--only", "nothing*", "--dry-run"], capsys)
+    assert code == 2 and "no trial of stfl-fig4-dmc6 matches" in captured.err
+
+
+SMOKE = """
+reproduces = "a test"
+description = "two tiny trials"
+envs = ["gym:InvertedPendulum-v5"]
+[defaults]
+seeds = 2
+steps = 120
+warmup_steps = 60
+replay_ratio = 1
+batch_size = 16
+eval_every = 60
+eval_episodes = 1
+log_every = 30
+checkpoint_every = 60
+sac.hidden = [16, 16]
+[[variant]]
+label = "SAC"
+algo = "sac"
+[[variant]]
+label = "SAC + LayerNorm"
+algo = "sac"
+sac.critic_layernorm = true
+"""
+
+
+def test_sweep_then_report_from_the_command_line(tmp_path, capsys):
+    """The README's flow: a sweep from a TOML file, then a report on its folder."""
+    preset = tmp_path / "smoke.toml"
+    preset.write_text(SMOKE)
+    main(["sweep", str(preset), "--out", str(tmp_path / "sweep"), "--no-progress"])
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [
+        "sac-layernorm__gym-InvertedPendulum-v5", "sac__gym-InvertedPendulum-v5", "sweep.json"]
+    main(["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "report"), "--reps", "200"])
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "SAC + LayerNorm" in summary and "Gym InvertedPendulum-v5" in summary
+    assert (tmp_path / "report" / "figures" / "curves_eval_return.png").stat().st_size > 10_000
+    assert "data:image/png;base64," in (tmp_path / "report" / "index.html").read_text()

@@ -74,7 +74,8 @@ def test_scale_shrinks_every_step_count_and_stays_valid():
     exp = experiments.load("stfl-fig11-resets", scale=0.01)
     cfg = {t.cfg.label: t.cfg for t in exp.trials if t.cfg.env == "dmc:hopper-hop"}
     assert cfg["MBPO + resets"].steps == 5_000 and cfg["MBPO + resets"].warmup_steps == 100
-    assert cfg["MBPO + resets"].reset_agent_every == 200 and cfg["MBPO + resets"].eval_every == 50
+    assert cfg["MBPO + resets"].reset_agent_every == 200 and cfg["MBPO + resets"].eval_every == 500  # >= steps/10
+    assert cfg["MBPO + resets"].log_every == 100 and cfg["MBPO + resets"].model_refit_every == 250
     assert experiments.load("stfl-fig3-gym", scale=1e-6).trials[0].cfg.steps == 2  # clamped, still valid
 
 

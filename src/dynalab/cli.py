@@ -171,7 +171,7 @@ class Sweep:
         overrides = experiments.parse_overrides(list(self.override))
         if self.seeds is not None:
             overrides["seeds"] = self.seeds
-        exp = experiments.load(self.experiment, scale=self.scale, overrides=overrides)
+        exp = experiments.load(self.experiment, scale=self.scale, overrides=overrides, check=False)
         trials = [t for t in exp.trials if not self.only or any(fnmatch.fnmatch(t.name, p) for p in self.only)]
         if not trials:
             raise ConfigError(f"no trial of {exp.name} matches --only {' '.join(self.only)}; "

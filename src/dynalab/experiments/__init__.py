@@ -22,9 +22,9 @@ from dynalab.sweep import Trial
 
 PRESETS = Path(__file__).parent
 
-# Fields counted in env steps: `scale` shrinks them with --steps.
+# The experiment's timeline, in env steps: `scale` shrinks these with --steps.
 _STEP_FIELDS = ("steps", "warmup_steps", "eval_every", "log_every", "checkpoint_every", "reset_agent_every",
-                "reset_model_every", "model_refit_every")
+                "reset_model_every")
 
 
 @dataclass(frozen=True)
@@ -97,14 +97,23 @@ def load(name_or_path: str, scale: float = 1.0, overrides: dict[str, Any] | None
 
 
 def scale_steps(cfg: TrainConfig, scale: float) -> TrainConfig:
-    """Shrink every env-step count by `scale` (a smoke run of the same experiment), keeping it valid."""
+    """Shrink the experiment's timeline by `scale` (a smoke run of the same experiment), keeping it valid.
+
+    Steps, warm-up, reset and checkpoint intervals and the horizon schedule shrink in proportion.
+    Evaluation and logging shrink too, but to no fewer than steps/10 and steps/50 env steps:
+    an evaluation costs whole episodes at any scale. The model refit interval is per-step
+    compute, not timeline: it stays, capped at steps/4 so a smoke run still refits.
+    """
     if scale == 1.0:
         return cfg
     if not 0 < scale <= 1:
         raise ConfigError(f"--scale must be in (0, 1], got {scale}.")
     changes = {f: max(1, round(getattr(cfg, f) * scale)) if getattr(cfg, f) else 0 for f in _STEP_FIELDS}
-    changes["steps"] = max(changes["steps"], 2)
-    changes["warmup_steps"] = min(changes["warmup_steps"], changes["steps"] - 1)
+    steps = changes["steps"] = max(changes["steps"], 2)
+    changes["warmup_steps"] = min(changes["warmup_steps"], steps - 1)
+    changes["eval_every"] = max(changes["eval_every"], steps // 10)
+    changes["log_every"] = max(changes["log_every"], steps // 50)
+    changes["model_refit_every"] = max(1, min(cfg.model_refit_every, steps // 4))
     changes["synthetic_retain_steps"] = max(1, round(cfg.synthetic_retain_steps * scale))
     if cfg.buffer_capacity is None and changes["steps"] < cfg.batch_size:
         changes["buffer_capacity"] = cfg.batch_size  # the default min(1e6, steps) could not fill one batch
