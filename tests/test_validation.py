@@ -199,3 +199,29 @@ def test_resume_command_continues_a_killed_run(finished_run, tmp_path):
     main(["resume", str(run), "--no-progress"])
     same = lambda p: [r for r in read(p / "metrics.csv") if not r[2].startswith("time/")]  # noqa: E731
     assert same(run) == same(finished_run)
+
+
+def test_sigterm_checkpoints_then_stops_and_resumes_exactly(finished_run, tmp_path, monkeypatch, capsys):
+    """Preemption: SIGTERM mid-run writes a checkpoint of the current step and exits with 143."""
+    import signal
+
+    from dynalab.train import Trainer
+
+    step = Trainer.step
+
+    def preempted(self):
+        res = step(self)
+        if self.env_step == 50:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return res
+
+    monkeypatch.setattr(Trainer, "step", preempted)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exc:
+        main(["train", *BASE, "--out", str(out), "--no-progress"])
+    assert exc.value.code == 143 and "stopped by SIGTERM at env step 50" in capsys.readouterr().err
+    assert checkpoint.read_meta(checkpoint.latest(out / "checkpoints"))["step"] == 50
+    monkeypatch.setattr(Trainer, "step", step)
+    main(["train", *BASE, "--out", str(out), "--no-progress"])
+    same = lambda p: [r for r in read(p / "metrics.csv") if not r[2].startswith("time/")]  # noqa: E731
+    assert same(out) == same(finished_run)
