@@ -74,7 +74,8 @@ def _attempt(cfg_dict: dict[str, Any], folder: str, progress: bool) -> dict[str,
     """
     os.environ.setdefault("MUJOCO_GL", "egl")
     import dynalab  # noqa: F401  (sets JAX's CPU dispatch flag before anything compiles)
-    from dynalab.train import Preempted, plan_run, train
+    from dynalab.rundir import plan_run
+    from dynalab.train import Preempted, train
 
     t0 = time.perf_counter()
     try:
@@ -175,7 +176,8 @@ def run_sweep(trials: list[Trial], out: Path, ray_address: str | None = None, re
     A SIGTERM to a local sweep stops it after the running trial checkpoints (train's Preempted
     is re-raised after sweep.json is written); run the same sweep again to continue.
     """
-    from dynalab.train import Preempted, plan_run
+    from dynalab.rundir import plan_run
+    from dynalab.train import Preempted
 
     if retries < 0:
         raise ConfigError(f"retries must be >= 0, got {retries}.")
