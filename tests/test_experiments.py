@@ -135,3 +135,16 @@ def test_every_variant_runs_scaled_down(trial, tmp_path):
     train(cfg, tmp_path / trial.name, progress=False)
     rows = read(tmp_path / trial.name / "metrics.csv")
     assert {(r[0], r[-2]) for r in rows} >= {(24, "eval/return"), (24, "loss/critic")}
+
+
+def test_a_real_preset_runs_scaled_down_through_the_sweep(tmp_path):
+    """stfl-fig3-gym's InvertedPendulum trials (SAC and MBPO), shrunk as a smoke run would be."""
+    from dynalab.sweep import run_sweep
+
+    exp = experiments.load("stfl-fig3-gym", scale=0.002, overrides=TINY)
+    trials = [t for t in exp.trials if t.cfg.env == "gym:InvertedPendulum-v5"]
+    assert [t.cfg.steps for t in trials] == [30, 30] and [t.cfg.warmup_steps for t in trials] == [2, 2]
+    statuses = run_sweep(trials, tmp_path, progress=False)
+    assert statuses == {"sac__gym-InvertedPendulum-v5": "done", "mbpo__gym-InvertedPendulum-v5": "done"}
+    for t in trials:
+        assert max(r[0] for r in read(tmp_path / t.name / "metrics.csv") if r[2] == "eval/return") == 30
