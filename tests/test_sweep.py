@@ -1,9 +1,11 @@
 """Sweeps: run folders per trial, skip finished ones, retry failures from their checkpoint, Ray backend."""
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -149,11 +151,9 @@ def _session_pids(sid: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
+            with contextlib.suppress(OSError):  # the process may be gone already
                 if os.getsid(int(entry)) == sid and int(entry) != sid:
                     pids.append(int(entry))
-            except OSError:
-                pass
     return pids
 
 
@@ -204,11 +204,9 @@ def ray_head():
         while (left := _session_pids(head.pid)) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in left:  # workers have process groups of their own, so kill them one by one
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        subprocess.run(["rm", "-rf", temp_dir], check=False)
+        shutil.rmtree(temp_dir, ignore_errors=True)
         assert not left, f"Ray processes left after stopping the head: {left}"
 
 

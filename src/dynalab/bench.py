@@ -15,7 +15,6 @@ import jax
 import numpy as np
 
 from dynalab import __version__, checkpoint
-from dynalab import config as config_lib
 from dynalab.algos import make_learner
 from dynalab.algos.base import seed_roots
 from dynalab.config import TrainConfig
@@ -70,14 +69,12 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
     its write time is estimated from the measured bytes/second.
     """
     loop = {"episode_returns": np.zeros((0, len(trainer.seeds))), "interval_step": np.asarray(0)}
-    host = {**trainer.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in loop.items()}}
-    meta = {"dynalab": __version__, "config": config_lib.to_dict(trainer.cfg), "seeds": trainer.seeds}
     with tempfile.TemporaryDirectory(prefix="dynalab-bench-") as tmp:
         metrics = Path(tmp) / "metrics.csv"
         metrics.write_text("step,seed,metric,value\n")
         jax.block_until_ready(trainer.state)
         t0 = time.perf_counter()
-        path = checkpoint.write(Path(tmp) / "checkpoints", trainer.env_step, trainer.state, host, meta, metrics)
+        path = trainer.write_checkpoint(Path(tmp) / "checkpoints", metrics, loop)
         seconds = time.perf_counter() - t0
         written = sum(f.stat().st_size for f in path.iterdir())
         saved = checkpoint.read_meta(path)

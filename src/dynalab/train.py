@@ -189,6 +189,16 @@ class Trainer:
         self.last_metrics = {k: jax.numpy.asarray(v) for k, v in part("last_metrics/").items()}
         self.obs, self.env_step = host["obs"], int(host["env_step"])
 
+    def write_checkpoint(self, folder: Path, metrics_csv: Path | None, loop: dict | None = None,
+                         extra_host: dict | None = None, extra_meta: dict | None = None,
+                         target: str | None = None) -> Path:
+        """Write this trainer's learner and host state (plus the loop's bookkeeping) as a checkpoint."""
+        host = {**self.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in (loop or {}).items()},
+                **(extra_host or {})}
+        meta = {"dynalab": __version__, "config": config_lib.to_dict(self.cfg), "seeds": self.seeds,
+                **(extra_meta or {})}
+        return checkpoint.write(folder, self.env_step, self.state, host, meta, metrics_csv, target=target)
+
     def close(self) -> None:
         self.envs.close()
         self.eval_envs.close()
@@ -273,10 +283,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
 
 
 def _save(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, writer: MetricsWriter) -> None:
-    host = {**trainer.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in loop.items()}}
-    meta = {"dynalab": __version__, "config": config_lib.to_dict(cfg), "seeds": trainer.seeds}
     try:
-        checkpoint.write(out / "checkpoints", trainer.env_step, trainer.state, host, meta, writer.path)
+        trainer.write_checkpoint(out / "checkpoints", writer.path, loop)
     except OSError as e:
         raise CheckpointWriteError(
             f"could not write the checkpoint of step {trainer.env_step} to {out / 'checkpoints'} ({e.strerror}); "
@@ -290,10 +298,9 @@ class CheckpointWriteError(RuntimeError):
 
 
 def _save_nonfinite(trainer: Trainer, cfg: TrainConfig, out: Path, err: NonFiniteError, writer: MetricsWriter) -> Path:
-    meta = {"dynalab": __version__, "config": config_lib.to_dict(cfg), "seeds": trainer.seeds,
-            "nonfinite": {"step": err.step, "member": err.member, "quantity": err.quantity, "others": err.others}}
-    host = {**trainer.host_state(), **{f"offending/{k}": v for k, v in err.offending.items()}}
-    return checkpoint.write(out, err.step, trainer.state, host, meta, writer.path, target="nonfinite")
+    info = {"step": err.step, "member": err.member, "quantity": err.quantity, "others": err.others}
+    return trainer.write_checkpoint(out, writer.path, extra_host={f"offending/{k}": v for k, v in err.offending.items()},
+                                    extra_meta={"nonfinite": info}, target="nonfinite")
 
 
 def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: bool) -> np.ndarray:

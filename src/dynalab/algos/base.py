@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dynalab import replay
 from dynalab.types import Transition
@@ -108,8 +109,6 @@ class Checked:
 
     def first(self) -> tuple[int, list[str]] | None:
         """(seed index, its non-finite quantities) of the first seed that has any, else None."""
-        import numpy as np
-
         flags = np.asarray(self.flags)
         if not flags.any():
             return None
