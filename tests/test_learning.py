@@ -37,12 +37,18 @@ def first_step_reaching(path, threshold):
 
 @pytest.mark.slow
 def test_mbpo_reaches_900_sooner_than_sac_on_inverted_pendulum(tmp_path):
-    """CPU-sized MBPO (model refits of 500 steps instead of 5000) vs SAC, both at replay ratio 5."""
+    """CPU-sized MBPO vs SAC at the same replay ratio (10, MBPO's own for InvertedPendulum).
+
+    CPU-sized: model refits of 500 gradient steps instead of 5,000 and 500 warm-up steps;
+    everything else is the seed-000 default. Evaluation every 250 steps, as the model is
+    refit every 250. At replay ratio 5 both first reach 900 at the same evaluation, and at
+    replay ratio 1 neither does within 10k steps (README, "Learning checks").
+    """
     from dynalab.algos import default_config
     from dynalab.models.ensemble import ModelConfig
 
-    common = dict(env="gym:InvertedPendulum-v5", seeds=2, steps=10_000, replay_ratio=5, warmup_steps=1_000,
-                  eval_every=500, eval_episodes=10)
+    common = dict(env="gym:InvertedPendulum-v5", seeds=2, steps=4_000, replay_ratio=10, warmup_steps=500,
+                  eval_every=250, eval_episodes=10)
     runs = {"sac": default_config("sac", **common),
             "mbpo": default_config("mbpo", **common, model=ModelConfig(refit_steps=500))}
     hits = {}
