@@ -37,10 +37,11 @@ def first_step_reaching(path, threshold):
 
 @pytest.mark.slow
 def test_mbpo_reaches_900_sooner_than_sac_on_inverted_pendulum(tmp_path):
-    """CPU-sized MBPO vs SAC at the same replay ratio (10, MBPO's own for InvertedPendulum).
+    """CPU-sized MBPO vs SAC at the same replay ratio.
 
-    CPU-sized: model refits of 500 gradient steps instead of 5,000 and 500 warm-up steps;
-    everything else is the seed-000 default. Evaluation every 250 steps, as the model is
+    Replay ratio 10 and 500 warm-up steps, as public MBPO configurations for InvertedPendulum;
+    CPU-sized: model refits of 500 gradient steps instead of 5,000. Everything else is the
+    seed-000 default. Evaluation every 250 steps, as the model is
     refit every 250. At replay ratio 5 both first reach 900 at the same evaluation, and at
     replay ratio 1 neither does within 10k steps (README, "Learning checks").
     """
