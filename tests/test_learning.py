@@ -12,6 +12,12 @@ from dynalab.metrics import read
 from dynalab.train import train
 
 
+def mean_eval_curve(path):
+    """{step: mean over seeds of eval/return} from a metrics.csv."""
+    rows = [(s, v) for s, _, m, v in read(path) if m == "eval/return"]
+    return {s: np.mean([v for s2, v in rows if s2 == s]) for s in sorted({s for s, _ in rows})}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "env, steps, threshold",
@@ -21,16 +27,14 @@ def test_sac_learns(env, steps, threshold, tmp_path):
     cfg = TrainConfig(algo="sac", env=env, seeds=2, steps=steps, replay_ratio=1, warmup_steps=1_000,
                       eval_every=1_000, eval_episodes=10)
     train(cfg, tmp_path, progress=False)
-    rows = [(s, k, v) for s, k, m, v in read(tmp_path / "metrics.csv") if m == "eval/return"]
-    curve = {s: np.mean([v for s2, _, v in rows if s2 == s]) for s in sorted({s for s, _, _ in rows})}
+    curve = mean_eval_curve(tmp_path / "metrics.csv")
     print(f"\n{env}: mean eval return over 2 seeds by env step: "
           + ", ".join(f"{s}: {v:.1f}" for s, v in curve.items()))
     assert max(curve.values()) >= threshold
 
 
 def first_step_reaching(path, threshold):
-    rows = [(s, v) for s, _, m, v in read(path) if m == "eval/return"]
-    curve = {s: np.mean([v for s2, v in rows if s2 == s]) for s in sorted({s for s, _ in rows})}
+    curve = mean_eval_curve(path)
     hit = [s for s, v in curve.items() if v >= threshold]
     return (hit[0] if hit else None), curve
 
@@ -41,9 +45,9 @@ def test_mbpo_reaches_900_sooner_than_sac_on_inverted_pendulum(tmp_path):
 
     Replay ratio 10 and 500 warm-up steps, as public MBPO configurations for InvertedPendulum;
     CPU-sized: model refits of 500 gradient steps instead of 5,000. Everything else is the
-    seed-000 default. Evaluation every 250 steps, as the model is
-    refit every 250. At replay ratio 5 both first reach 900 at the same evaluation, and at
-    replay ratio 1 neither does within 10k steps (README, "Learning checks").
+    seed-000 default. Evaluation every 250 steps, as the model is refit every 250. At
+    replay ratio 5 both first reach 900 at the same evaluation, and at replay ratio 1 neither
+    does within 10k steps (README, "Learning check").
     """
     from dynalab.algos import default_config
     from dynalab.models.ensemble import ModelConfig

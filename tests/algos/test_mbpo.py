@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dynalab import replay
 from dynalab.agents.sac import SACConfig
 from dynalab.algos import default_config, make_learner
 from dynalab.algos.mbpo import rollout_horizon
