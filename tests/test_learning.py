@@ -1,7 +1,10 @@
 """Learning checks (slow, not in CI): `pytest -m slow tests/test_learning.py -s`.
 
-SAC at replay ratio 1 with 1,000 warm-up steps must reach a mean (over 2 seeds) evaluation
-return of at least the threshold at some evaluation within the step budget.
+SAC with the Table-1 hyperparameters of *Stealing That Free Lunch* at replay ratio 10 with 500
+warm-up steps (the convention of public configurations for InvertedPendulum), 2 seeds, must
+reach a mean (over the 2 seeds) evaluation return of at least the threshold at some
+evaluation within the step budget. At replay ratio 1 Table-1 SAC is too slow for these
+budgets, and so is an independent implementation (README, "Learning check").
 """
 
 import numpy as np
@@ -10,6 +13,9 @@ import pytest
 from dynalab.config import TrainConfig
 from dynalab.metrics import read
 from dynalab.train import train
+
+# The check's settings, shared by both tasks.
+CHECK = dict(algo="sac", seeds=2, replay_ratio=10, warmup_steps=500, eval_episodes=10)
 
 
 def mean_eval_curve(path):
@@ -20,17 +26,16 @@ def mean_eval_curve(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "env, steps, threshold",
-    [("gym:InvertedPendulum-v5", 10_000, 900.0), ("dmc:cartpole-balance", 20_000, 800.0)],
+    "env, steps, eval_every, threshold",
+    [("gym:InvertedPendulum-v5", 5_000, 500, 900.0), ("dmc:cartpole-balance", 20_000, 1_000, 800.0)],
 )
-def test_sac_learns(env, steps, threshold, tmp_path):
-    cfg = TrainConfig(algo="sac", env=env, seeds=2, steps=steps, replay_ratio=1, warmup_steps=1_000,
-                      eval_every=1_000, eval_episodes=10)
+def test_sac_learns(env, steps, eval_every, threshold, tmp_path):
+    cfg = TrainConfig(env=env, steps=steps, eval_every=eval_every, **CHECK)
     train(cfg, tmp_path, progress=False)
     curve = mean_eval_curve(tmp_path / "metrics.csv")
     print(f"\n{env}: mean eval return over 2 seeds by env step: "
           + ", ".join(f"{s}: {v:.1f}" for s, v in curve.items()))
-    assert max(curve.values()) >= threshold
+    assert max(curve.values()) >= threshold, f"best mean eval return {max(curve.values()):.1f} < {threshold}"
 
 
 def first_step_reaching(path, threshold):

@@ -22,7 +22,7 @@ from dynalab.agents.sac import SACConfig
 from dynalab.config import ConfigError, TrainConfig
 from dynalab.metrics import read
 from dynalab.sweep import Trial, run_sweep
-from dynalab.train import Trainer
+from dynalab.train import Trainer, train
 
 TINY = TrainConfig(
     algo="sac", env="gym:InvertedPendulum-v5", seeds=1, seed=0, steps=120, replay_ratio=1, warmup_steps=60,
@@ -51,25 +51,44 @@ def assert_complete_run(folder: Path, cfg: TrainConfig) -> None:
     assert sorted({s for s, _, m, _ in rows if m == "time/env_steps_per_sec"}) == list(range(30, cfg.steps + 1, 30))
 
 
+def learning_rows(folder: Path) -> list[tuple]:
+    """metrics.csv rows without the wall-clock ones (time/*), which differ between any two runs."""
+    return [r for r in read(folder / "metrics.csv") if not r[2].startswith("time/")]
+
+
 def test_local_sweep_writes_run_folders_and_skips_finished_trials(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # Ray is optional: a local sweep must not import it
-    statuses = run_sweep(TRIALS, tmp_path, progress=False)
+    statuses = run_sweep(TRIALS, tmp_path / "sweep", progress=False)
     assert statuses == {"sac__seed0": "done", "sac__seed1": "done"}
     for t in TRIALS:
-        assert_complete_run(tmp_path / t.name, t.cfg)
-    records = sweep_json(tmp_path)
+        assert_complete_run(tmp_path / "sweep" / t.name, t.cfg)
+        # Each trial ran exactly its own config: every field as the Trial says, with the replay capacity resolved
+        # to its default, min(1e6, steps) = 120.
+        saved = config_lib.load(tmp_path / "sweep" / t.name / "config.json")
+        assert saved == dataclasses.replace(t.cfg, buffer_capacity=120)
+        assert (saved.seed, saved.label) == ((0, "") if t.name == "sac__seed0" else (1, "other"))
+    # A trial computes what `dynalab train` computes for the same config: a direct run of trial 0's config gives
+    # the same metrics, bit for bit (same program on the same machine).
+    train(TRIALS[0].cfg, tmp_path / "direct", progress=False)
+    direct = learning_rows(tmp_path / "direct")
+    assert len(direct) > 20 and learning_rows(tmp_path / "sweep" / "sac__seed0") == direct
+    records = sweep_json(tmp_path / "sweep")
     assert [r["status"] for r in records.values()] == ["done", "done"]
     assert all(r["attempts"] == 1 and r["seconds"] > 0 and "error" not in r for r in records.values())
+    for t in TRIALS:  # sweep.json's final return per seed is the run's last eval/return in metrics.csv
+        rows = read(tmp_path / "sweep" / t.name / "metrics.csv")
+        last = [v for s, _, m, v in rows if m == "eval/return" and s == 120]
+        assert records[t.name]["final_eval_return"] == [round(v, 3) for v in last] and len(last) == 1
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("[1/2] sac__seed0 done in ") and line.endswith(" s") for line in lines)
     assert any(line.startswith("[2/2] sac__seed1 done in ") for line in lines)
 
-    before = folder_hashes(tmp_path)
-    assert run_sweep(TRIALS, tmp_path, progress=False) == {"sac__seed0": "finished-before",
-                                                           "sac__seed1": "finished-before"}
-    assert folder_hashes(tmp_path) == before  # nothing ran, nothing in the run folders changed
-    assert {r["status"] for r in sweep_json(tmp_path).values()} == {"finished-before"}
-    assert all(r["attempts"] == 0 for r in sweep_json(tmp_path).values())
+    before = folder_hashes(tmp_path / "sweep")
+    assert run_sweep(TRIALS, tmp_path / "sweep", progress=False) == {"sac__seed0": "finished-before",
+                                                                     "sac__seed1": "finished-before"}
+    assert folder_hashes(tmp_path / "sweep") == before  # nothing ran, nothing in the run folders changed
+    assert {r["status"] for r in sweep_json(tmp_path / "sweep").values()} == {"finished-before"}
+    assert all(r["attempts"] == 0 for r in sweep_json(tmp_path / "sweep").values())
     assert "[2/2] sac__seed1 finished before, skipped" in capsys.readouterr().out
 
 

@@ -224,3 +224,62 @@ def test_sigterm_checkpoints_then_stops_and_resumes_exactly(finished_run, tmp_pa
     main(["train", *BASE, "--out", str(out), "--no-progress"])
     same = lambda p: [r for r in read(p / "metrics.csv") if not r[2].startswith("time/")]  # noqa: E731
     assert same(out) == same(finished_run)
+
+
+# --algo mbpo/ftfl/ftfl-tuned on a Gym task whose termination dynalab cannot compute: model
+# rollouts would run past falls that end real episodes.
+NO_TERMINATION_FN = [("mbpo", "gym:InvertedDoublePendulum-v5"), ("ftfl", "gym:Hopper-v4"),
+                     ("ftfl-tuned", "gym:Walker2d-v4")]
+
+
+@pytest.mark.parametrize("algo, env", NO_TERMINATION_FN)
+def test_model_algo_on_gym_task_without_termination_fn_is_one_line(algo, env, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = cli_error(["train", "--algo", algo, "--env", env, "--steps", "100", "--warmup-steps", "10",
+                      "--batch-size", "16", "--out", str(out), "--no-progress"], capsys)
+    assert line.startswith(f"dynalab: error: --algo {algo} needs the termination function of {env} ")
+    for choice in ("gym:Hopper-v5", "gym:Swimmer-v5", "any dmc: task", "--perfect-model", "--algo sac"):
+        assert choice in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("algo, env, perfect_model", [
+    ("mbpo", "gym:Swimmer-v5", False),  # never terminates: a known ("never") function
+    ("ftfl", "gym:HumanoidStandup-v5", False),
+    ("ftfl-tuned", "gym:Reacher-v5", False),
+    ("mbpo", "gym:Pusher-v5", False),
+    ("mbpo", "gym:InvertedDoublePendulum-v5", True),  # the simulator says when it terminates
+    ("sac", "gym:InvertedDoublePendulum-v5", False),  # no model rollouts at all
+])
+def test_model_algo_accepted_where_termination_is_known_or_not_needed(algo, env, perfect_model):
+    from dynalab.algos import ALGOS, default_config, make_learner
+    from dynalab.envs import env_spec
+
+    cfg = default_config(algo, env=env, perfect_model=perfect_model, steps=1000, warmup_steps=100)
+    config_lib.validate(cfg, list(ALGOS))
+    make_learner(cfg, env_spec(env))  # where the old code raised a bare ValueError for Swimmer
+
+
+def test_task_needing_rendering_without_a_backend_is_one_line(tmp_path):
+    import sys
+
+    # A fresh process with rendering switched off, so the registry's real probe runs.
+    out = tmp_path / "run"
+    script = ("import sys; from dynalab.envs import list_envs; ids = list_envs(); "
+              "assert 'dmc:quadruped-escape' not in ids and 'dmc:quadruped-run' in ids, 'listed'; "
+              "from dynalab.cli import main; main(sys.argv[1:])")
+    run = subprocess.run([sys.executable, "-c", script, "train", "--env", "dmc:quadruped-escape", "--steps", "100",
+                          "--warmup-steps", "10", "--batch-size", "16", "--out", str(out)],
+                         env={**os.environ, "MUJOCO_GL": "disable"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("dynalab: error: dmc:quadruped-escape cannot be built here: ")
+    assert "MUJOCO_GL=egl" in lines[0] and "OpenGL" in lines[0]
+    assert not out.exists()
+
+
+def test_model_algos_are_the_algorithms_that_roll_out_a_model():
+    from dynalab.algos import ALGOS, mbpo
+
+    assert set(config_lib.MODEL_ALGOS) == {name for name, a in ALGOS.items() if a.make is mbpo.make}

@@ -172,12 +172,13 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
                 sim_state=state_bits(trainer.envs.get_states()) if trainer.batch.learner.needs_sim_state else None,
             )
         )
+        valid = np.ones(len(trainer.seeds), bool)  # every member's transition is stored
         state = trainer.state
-        state, _, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step)
+        state, _, _ = trainer.batch.update(state, t, valid, trainer.roots, trainer.env_step)
         jax.block_until_ready(state)
         t0 = time.perf_counter()
         for i in range(learner_repeats):
-            state, _, _ = trainer.batch.update(state, t, trainer.roots, trainer.env_step + i)
+            state, _, _ = trainer.batch.update(state, t, valid, trainer.roots, trainer.env_step + i)
             a = trainer.batch.explore(state, res_obs, trainer.roots, trainer.env_step + i)
         jax.block_until_ready((state, a))
         learner_only = (time.perf_counter() - t0) / learner_repeats

@@ -13,6 +13,8 @@ from dynalab.agents.sac import SACConfig
 from dynalab.models.ensemble import ModelConfig
 
 Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned"]
+# The algorithms that roll out a learned model, so need to know when a rollout terminates.
+MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
 
 
 class ConfigError(ValueError):
@@ -156,6 +158,7 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         env_spec(cfg.env)
     except UnknownEnvError as e:
         raise ConfigError(str(e)) from None
+    _check_termination(cfg)
     for name in ("seeds", "steps", "replay_ratio", "batch_size", "eval_every", "eval_episodes", "log_every"):
         _positive(name, getattr(cfg, name))
     if cfg.seed < 0:
@@ -172,9 +175,12 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     if cfg.capacity < cfg.batch_size:
         raise ConfigError(f"buffer capacity ({cfg.capacity}) must be at least --batch-size ({cfg.batch_size}).")
     s = cfg.sac
-    for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "adam_eps"):
+    for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "adam_eps", "log_std_init_scale"):
         if not getattr(s, name) > 0:
             raise ConfigError(f"--sac.{name.replace('_', '-')} must be > 0, got {getattr(s, name)}.")
+    if s.log_std_mode not in ("tanh", "clip") or not s.log_std_min < s.log_std_max:
+        raise ConfigError(f"--sac.log-std-mode must be tanh or clip with --sac.log-std-min < --sac.log-std-max, "
+                          f"got {s.log_std_mode!r} in [{s.log_std_min}, {s.log_std_max}].")
     if not 0 <= s.discount < 1:
         raise ConfigError(f"--sac.discount must be in [0, 1), got {s.discount}.")
     if not 0 < s.tau <= 1:
@@ -208,6 +214,23 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         raise ConfigError(f"--model.lr must be > 0, got {m.lr}.")
     if not 0 < m.holdout_ratio < 1:
         raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
+
+
+def _check_termination(cfg: TrainConfig) -> None:
+    """Refuse a learned model on a Gym task whose termination we cannot compute from observations.
+
+    Every dmc: task has one (see envs/termination.py); a perfect model takes `terminated`
+    from the simulator itself, so needs none.
+    """
+    from dynalab.envs.termination import has_termination_fn, supported_ids
+
+    if cfg.algo not in MODEL_ALGOS or cfg.perfect_model or has_termination_fn(cfg.env):
+        return
+    raise ConfigError(
+        f"--algo {cfg.algo} needs the termination function of {cfg.env} for its model rollouts, "
+        f"and none is known for it; choose one of {', '.join(supported_ids())} or any dmc: task, "
+        "or add --perfect-model, or use --algo sac."
+    )
 
 
 # Fields that change how a run is kept, not what it computes: they may differ on resume.

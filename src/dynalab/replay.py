@@ -32,14 +32,24 @@ def init_buffer(capacity: int, example: Any) -> ReplayBuffer:
     return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
 
 
-def add(buf: ReplayBuffer, t: Any) -> ReplayBuffer:
-    """Write one item at `position`, overwriting the oldest entry once full."""
+def add(buf: ReplayBuffer, t: Any, where: jax.Array | bool = True) -> ReplayBuffer:
+    """Write one item at `position`, overwriting the oldest entry once full.
+
+    With `where` False (a traced bool is fine) nothing is written and the buffer is unchanged:
+    how a transition that must never be learned from (a diverged simulator step) is dropped.
+    """
     cap = capacity(buf)
-    data = jax.tree_util.tree_map(lambda d, x: d.at[buf.position].set(x), buf.data, t)
+    if where is True:
+        data = jax.tree_util.tree_map(lambda d, x: d.at[buf.position].set(x), buf.data, t)
+        n = 1
+    else:
+        idx = jnp.where(where, buf.position, cap)  # out of bounds: dropped
+        data = jax.tree_util.tree_map(lambda d, x: d.at[idx].set(x, mode="drop"), buf.data, t)
+        n = jnp.asarray(where).astype(jnp.int32)
     return buf.replace(
         data=data,
-        position=(buf.position + 1) % cap,
-        size=jnp.minimum(buf.size + 1, cap),
+        position=(buf.position + n) % cap,
+        size=jnp.minimum(buf.size + n, cap),
     )
 
 
@@ -86,4 +96,19 @@ def sample(buf: ReplayBuffer, key: jax.Array, batch_size: int) -> Any:
     An empty buffer returns copies of entry 0 (zeros); callers should fill it first.
     """
     idx = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buf.size, 1))
+    return jax.tree_util.tree_map(lambda d: d[idx], buf.data)
+
+
+def sample_recent(buf: ReplayBuffer, key: jax.Array, batch_size: int, window: jax.Array | int | None) -> Any:
+    """Uniform sample with replacement from the newest min(window, size) entries.
+
+    The ring buffer then acts as a FIFO of dynamic length `window` (e.g. MBPO's model pool,
+    whose size follows the rollout horizon) inside a static allocation. `window=None` is
+    `sample`. An empty buffer returns copies of its last slot (zeros).
+    """
+    if window is None:
+        return sample(buf, key, batch_size)
+    n = jnp.maximum(jnp.minimum(window, buf.size), 1)
+    back = jax.random.randint(key, (batch_size,), 0, n)
+    idx = (buf.position - 1 - back) % capacity(buf)
     return jax.tree_util.tree_map(lambda d: d[idx], buf.data)

@@ -1,4 +1,20 @@
-"""The training loop: a thin host shell that steps the simulators and calls compiled learners."""
+"""The training loop: a thin host shell that steps the simulators and calls compiled learners.
+
+The order of all work at env step k (k = env steps taken, counted from 1), defined here only:
+
+1. act: a uniform random action while k <= warmup_steps, else the policy's;
+2. step every simulator; a seed whose simulator diverged ends its episode, and its transition
+   is marked invalid so that it never enters a buffer (counted per seed as `env/diverged`);
+3. the learner call: store the transitions, and after warm-up learn (one compiled call);
+4. "measure" hooks due at k (diagnostics): they see the learner that trained through step k;
+5. evaluation, if k is a multiple of `eval_every` or the last step;
+6. logging, if k is a multiple of `log_every` or the last step: step k's update metrics and
+   the measure hooks' metrics;
+7. "maintain" hooks due at k, in the learner's order (agent reset, model reset, model fit):
+   they change what step k + 1 starts from; their metrics are written at step k; resets never
+   run on the last step;
+8. a checkpoint, if due: it holds the state that step k + 1 starts from.
+"""
 
 from __future__ import annotations
 
@@ -91,7 +107,9 @@ class Trainer:
         self.obs = self.envs.reset()
         self.env_step = 0  # env steps taken by each seed so far
         self.timer = Timer()
-        self.last_metrics: Metrics = {}
+        self.last_metrics: Metrics = {}  # the latest update's metrics
+        self.diverged = np.zeros(len(self.members), np.int64)  # diverged env steps per member, this interval
+        self._divergence_warnings = 0
 
     def _learner_for(self, value):
         """The learner of one member: with a sweep, built around that member's (traced) value."""
@@ -104,6 +122,7 @@ class Trainer:
         return f"seed {seed}" + (f" ({self.cfg.sweep_field}={value})" if value is not None else "")
 
     def step(self) -> StepResult:
+        """Steps 1-3 of the module docstring's order for every member; advances `env_step`."""
         t0 = time.perf_counter()
         learning = self.env_step >= self.cfg.warmup_steps
         if learning:
@@ -128,23 +147,43 @@ class Trainer:
             bad = ~np.isfinite(value.reshape(len(self.seeds), -1)).all(axis=1)
             if bad.any():
                 raise NonFiniteError(step, self.member_name(int(np.argmax(bad))), [quantity], _arrays("transition", transition))
+        valid = ~res.diverged
+        if not valid.all():
+            self._warn_diverged(step, np.flatnonzero(res.diverged))
+            self.diverged += res.diverged
         if learning:
-            self.state, self.last_metrics, checked = self.batch.update(self.state, transition, self.roots, self.env_step)
+            self.state, self.last_metrics, checked = self.batch.update(
+                self.state, transition, valid, self.roots, self.env_step)
             self._check(checked, step, transition)
         else:
-            self.state = self.batch.observe(self.state, transition)
+            self.state = self.batch.observe(self.state, transition, valid)
         self.obs = res.obs
         self.env_step = step
-        for hook in self.batch.due_hooks(self.env_step):
-            jax.block_until_ready(self.state)  # charge pending learner work to the learner, not the hook
-            t0 = self.timer.add("learner", t0)
-            self.state, hook_metrics, checked = self.batch.run_hook(hook, self.state, self.roots, self.env_step)
-            self._check(checked, step, None)
-            jax.block_until_ready(self.state)
-            t0 = self.timer.add(hook.name, t0)
-            self.last_metrics = {**self.last_metrics, **hook_metrics}
+        jax.block_until_ready(self.state)
         self.timer.add("learner", t0)
         return res
+
+    def _warn_diverged(self, step: int, members: np.ndarray) -> None:
+        for i in members:
+            self._divergence_warnings += 1
+            if self._divergence_warnings <= 10:
+                more = "" if self._divergence_warnings < 10 else " Further divergences are only counted."
+                tqdm.write(
+                    f"dynalab: warning: the simulator of {self.member_name(int(i))} diverged at env step {step}; "
+                    "its episode ended and the transition was dropped (counted as env/diverged in metrics.csv); "
+                    f"if this repeats, check the task's actions and physics.{more}")
+
+    def run_hooks(self, phase: str) -> Metrics:
+        """Run the learner's hooks of `phase` due at the current env step; returns their metrics."""
+        metrics: Metrics = {}
+        for hook in self.batch.due_hooks(self.env_step, phase):
+            t0 = time.perf_counter()
+            self.state, hook_metrics, checked = self.batch.run_hook(hook, self.state, self.roots, self.env_step)
+            self._check(checked, self.env_step, None)
+            jax.block_until_ready(self.state)
+            self.timer.add(hook.name, t0)
+            metrics.update(hook_metrics)
+        return metrics
 
     def _check(self, checked: Checked, step: int, transition: Transition | None) -> None:
         found = checked.first()
@@ -169,7 +208,7 @@ class Trainer:
             action = np.asarray(self.batch.exploit(self.state, obs.reshape(n, e, -1))).reshape(n * e, -1)
             res = self.eval_envs.step(action)
             returns += np.where(done, 0.0, res.reward)
-            done |= res.terminated | res.truncated
+            done |= res.terminated | res.truncated | res.diverged
             obs = res.obs
         self.timer.add("eval", t0)
         return returns.reshape(n, e)
@@ -308,25 +347,32 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
     writer = MetricsWriter(out / "metrics.csv", trainer.seeds, sweep)
     episode_returns = list(loop["episode_returns"])
     interval_start, interval_step = time.perf_counter(), int(loop["interval_step"])
+    if "diverged" in loop:
+        trainer.diverged = np.asarray(loop["diverged"], np.int64).copy()
     bar = tqdm(total=cfg.steps, initial=trainer.env_step, unit="step", disable=not progress, dynamic_ncols=True,
                desc=f"{cfg.algo} {cfg.env}")
     returns = np.full((len(trainer.members), cfg.eval_episodes), np.nan)
     loop_state = lambda: {"episode_returns": np.asarray(episode_returns).reshape(-1, len(trainer.members)),  # noqa: E731
-                          "interval_step": interval_step}
+                          "interval_step": interval_step, "diverged": trainer.diverged}
+
+    def guarded(fn, *args):
+        try:
+            return fn(*args)
+        except NonFiniteError as e:
+            e.saved_to = _save_nonfinite(trainer, cfg, out, e, writer)
+            raise
+
     try:
         with _Stop() as stop:
             if cfg.checkpoint_every and trainer.env_step == 0:
                 _save(trainer, cfg, out, loop_state(), writer)  # a fresh run is resumable from the start
             while trainer.env_step < cfg.steps:
-                try:
-                    res = trainer.step()
-                except NonFiniteError as e:
-                    e.saved_to = _save_nonfinite(trainer, cfg, out, e, writer)
-                    raise
+                res = guarded(trainer.step)
                 bar.update(1)
                 if np.any(res.episode_length > 0):
                     episode_returns.append(res.episode_return)
                 step = trainer.env_step
+                measured = guarded(trainer.run_hooks, "measure")
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     returns = trainer.evaluate()
                     writer.write(step, {"eval/return": returns.mean(axis=1), "eval/return_std": returns.std(axis=1)})
@@ -336,16 +382,23 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
                     now = time.perf_counter()
                     n = step - interval_step
                     values: dict[str, np.ndarray | float] = {
-                        k: np.asarray(v) for k, v in trainer.last_metrics.items()
+                        k: np.asarray(v) for k, v in {**trainer.last_metrics, **measured}.items()
                     }
                     values.update({f"time/{k}": v / n for k, v in trainer.timer.drain().items()})
                     values["time/env_steps_per_sec"] = n / (now - interval_start)
+                    values["env/diverged"] = trainer.diverged.astype(np.float64)
                     if episode_returns:
                         values["train/episode_return"] = _mean_finished(np.stack(episode_returns))
                     writer.write(step, values)
                     episode_returns.clear()
+                    trainer.diverged[:] = 0
                     interval_start, interval_step = now, step
                     bar.set_postfix(sps=f"{values['time/env_steps_per_sec']:.1f}", refresh=False)
+                elif measured:
+                    writer.write(step, measured)
+                maintained = guarded(trainer.run_hooks, "maintain")
+                if maintained:
+                    writer.write(step, maintained)
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested):
                     t0 = time.perf_counter()
                     _save(trainer, cfg, out, loop_state(), writer)

@@ -160,7 +160,7 @@ def test_critic_loss_matches_numpy(state, alpha):
     expected = np.mean((q[0] - y) ** 2) + np.mean((q[1] - y) ** 2)
 
     np.testing.assert_allclose(loss, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(aux["q/mean_real"], q.mean(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(aux["q/mean_batch"], q.mean(), rtol=1e-5, atol=1e-5)
 
 
 def test_critic_target_is_not_differentiated(state):
@@ -281,14 +281,14 @@ def test_update_polyak_order_and_metrics():
     a_old, _ = sac.actor_loss(CFG, s.actor_params, s.critic_params, alpha, batch.obs, actor_key)
     t_loss, _ = sac.temperature_loss(s.log_alpha, a_aux["sac/entropy"], -0.5 * ACTION_DIM)
     np.testing.assert_allclose(m["loss/critic"], c_loss, rtol=1e-5)
-    np.testing.assert_allclose(m["q/mean_real"], c_aux["q/mean_real"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(m["q/mean_real"], c_aux["q/mean_batch"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m["loss/actor"], a_new, rtol=1e-5)
     assert not np.isclose(m["loss/actor"], a_old, rtol=1e-5)
     np.testing.assert_allclose(m["sac/entropy"], a_aux["sac/entropy"], rtol=1e-5)
     np.testing.assert_allclose(m["loss/temperature"], t_loss, rtol=1e-5)
     np.testing.assert_allclose(m["sac/temperature"], 1.0)
     assert set(m) == {
-        "loss/critic", "loss/actor", "loss/temperature", "sac/temperature", "sac/entropy", "q/mean_real"
+        "loss/critic", "loss/actor", "loss/temperature", "sac/temperature", "sac/entropy", "q/mean_batch"
     }
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dynalab import config as config_lib
+from dynalab.algos import default_config
 from dynalab.config import TrainConfig
 
 GYM = ["gym:Hopper-v5", "gym:Walker2d-v5"]
@@ -36,8 +37,20 @@ def write_run(folder: Path, cfg: TrainConfig, rows: list[tuple[int, int, str, fl
     return folder
 
 
-def fake_rows(cfg: TrainConfig, upto: int | None = None, seed_offset: int = 0) -> list:
-    """Plausible metrics for every seed of `cfg` up to `upto` steps (default: the whole run)."""
+# Model error, in % (gym, dmc): on the residual target s'-s, and on s' (the same quantity for every model).
+PCT_ERROR_DELTA = {"gym": 15.0, "dmc": 120.0}
+PCT_ERROR_NEXT = {"gym": 2.0, "dmc": 6.0}
+
+
+def fake_rows(cfg: TrainConfig, upto: int | None = None, unmeasured: str = "absent") -> list:
+    """Plausible metrics for every seed of `cfg` up to `upto` steps (default: the whole run).
+
+    The model and synthetic-batch diagnostics of a model-based run exist only after warm-up (the
+    synthetic buffer is empty before); at or before `cfg.warmup_steps` they are left out
+    (`unmeasured="absent"`, as `dynalab train` does) or written as NaN (`unmeasured="nan"`).
+    Residual-target models log `model/pct_error` on s'-s (PCT_ERROR_DELTA); direct ones (FTFL)
+    on s', where it equals `model/pct_error_next_state` (PCT_ERROR_NEXT).
+    """
     suite = cfg.env.split(":")[0]
     gain = 1.0 if cfg.algo == "sac" else GAIN[cfg.algo][suite] * (1 - 0.8 * max(0.0, cfg.synthetic_ratio - 0.5)
                                                                    if suite == "dmc" and cfg.algo == "mbpo" else 1)
@@ -55,12 +68,19 @@ def fake_rows(cfg: TrainConfig, upto: int | None = None, seed_offset: int = 0) -
             rows.append((step, k, "q/mean_real", 50 * gain * frac + rng.normal(0, 2)))
             rows.append((step, k, "loss/critic", rng.lognormal(0, 0.3)))
             if cfg.algo != "sac":
-                rows.append((step, k, "model/pct_error", (15 if suite == "gym" else 120) * (1 + rng.normal(0, 0.05))))
-                rows.append((step, k, "q/mean_synthetic", 50 * gain * frac * 0.6 + rng.normal(0, 2)))
                 rows.append((step, k, "reward/mean_real", 2 * frac + rng.normal(0, 0.05)))
-                rows.append((step, k, "reward/mean_synthetic", 1.5 * frac + rng.normal(0, 0.05)))
+                if step <= cfg.warmup_steps and unmeasured == "absent":
+                    continue
+                measured = step > cfg.warmup_steps
+                nan_unless = lambda x: x if measured else float("nan")  # noqa: E731
+                nxt = PCT_ERROR_NEXT[suite] * (1 + rng.normal(0, 0.05))
+                delta = nxt if cfg.model.direct_next_state else PCT_ERROR_DELTA[suite] * (1 + rng.normal(0, 0.05))
+                rows.append((step, k, "model/pct_error", nan_unless(delta)))
+                rows.append((step, k, "model/pct_error_next_state", nan_unless(nxt)))
+                rows.append((step, k, "q/mean_synthetic", nan_unless(50 * gain * frac * 0.6 + rng.normal(0, 2))))
+                rows.append((step, k, "reward/mean_synthetic", nan_unless(1.5 * frac + rng.normal(0, 0.05))))
                 var = (1e-3 if cfg.algo == "ftfl" else 1.0) * (10 if suite == "dmc" else 1) * np.exp(-3 * frac)
-                rows.append((step, k, "model/var_state", var * rng.lognormal(0, 0.1)))
+                rows.append((step, k, "model/var_state", nan_unless(var * rng.lognormal(0, 0.1))))
     return rows
 
 
@@ -76,9 +96,9 @@ def build_fake_sweep(root: Path) -> Path:
     for s in (0.25, 0.5):
         cfg = TrainConfig(algo="mbpo", env="dmc:hopper-stand", synthetic_ratio=s, **base)
         write_run(root / "dmc" / "ratio" / f"mbpo-s{s}", cfg, fake_rows(cfg))
-    cfg = TrainConfig(algo="ftfl", env="dmc:hopper-stand", **base)
+    cfg = default_config("ftfl", env="dmc:hopper-stand", **base)  # FTFL's model switches, as `dynalab train` saves
     write_run(root / "dmc" / "ftfl-hopper-stand", cfg, fake_rows(cfg))
-    a = TrainConfig(algo="ftfl", env="dmc:humanoid-stand", **base)
+    a = default_config("ftfl", env="dmc:humanoid-stand", **base)
     write_run(root / "dmc" / "ftfl-humanoid-a", a, fake_rows(a))
     b = dataclasses.replace(a, seed=3, seeds=2)
     write_run(root / "dmc" / "ftfl-humanoid-b", b, fake_rows(b, upto=12_000))

@@ -4,17 +4,21 @@ import dataclasses
 import re
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from dynalab.agents.sac import SACConfig
+from dynalab.algos import default_config
+from dynalab.analysis import report
 from dynalab.analysis.report import make_report
 from dynalab.analysis.runs import ReportError, load_runs
 from dynalab.config import TrainConfig
 from dynalab.models.ensemble import ModelConfig
 from dynalab.train import train
 
-from analysis_fakes import fake_rows, write_run  # tests/analysis/analysis_fakes.py
+from analysis_fakes import PCT_ERROR_DELTA, PCT_ERROR_NEXT, fake_rows, write_run  # tests/analysis/analysis_fakes.py
 
 SAC = TrainConfig(
     algo="sac", env="gym:InvertedPendulum-v5", seeds=2, seed=0, steps=240, replay_ratio=2, warmup_steps=100,
@@ -24,8 +28,8 @@ MBPO = dataclasses.replace(
     SAC, algo="mbpo", rollouts_per_step=8, synthetic_retain_steps=20, model_refit_every=50,
     model=ModelConfig(ensemble_size=3, num_elites=2, width=32, depth=2, batch_size=32, refit_steps=20),
 )
-FIGURES = ["curves_eval_return", "sac_normalised", "synthetic_ratio", "diag_model_error", "diag_q_values",
-           "diag_rewards", "diag_model_variance", "seconds_per_step"]
+FIGURES = ["curves_eval_return", "sac_normalised", "synthetic_ratio", "diag_model_error", "diag_model_error_residual",
+           "diag_q_values", "diag_rewards", "diag_model_variance", "seconds_per_step"]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,8 @@ def test_real_runs_report_writes_every_figure_summary_and_html(real_report):
         assert heading in md
     assert "| Task | SAC | MBPO (S=0.5) | MBPO (S=0.95) |" in md
     assert re.search(r"\| Gym InvertedPendulum-v5 \| [-\d.,]+ \[[-\d.,]+, [-\d.,]+\] \(n=2\) \|", md)
-    assert "| Variant | IQM of SAC-normalised final return | 95% CI | Tasks | Seeds |" in md
+    assert "| Variant | IQM of SAC-normalised final return | 95% CI | Tasks | Seeds | Seeds per task |" in md
+    assert "Equal counts (seeds x tasks): SAC 2 x 1; MBPO (S=0.5) 2 x 1; MBPO (S=0.95) 2 x 1" in md
     assert "200 bootstrap replications" in md and "last evaluation" in md
     assert md.count("](figures/") == 2 * len(FIGURES)  # each PNG shown, each PDF linked
 
@@ -106,6 +111,26 @@ def test_fake_sweep_pools_folders_marks_unfinished_and_normalises_across_suites(
     assert "running/stopped at 12k" in md
     agg = next(line for line in md.splitlines() if line.startswith("| MBPO (S=0.95) | "))
     assert agg.split("|")[4].strip() == "4"  # tasks: 2 Gym + 2 DMC
+    # FTFL has 3 seeds on hopper-stand and 5 on humanoid-stand: the report says so and weighs both tasks the same.
+    ftfl = next(line for line in md.splitlines() if line.startswith("| FTFL | ")).split("|")
+    assert [c.strip() for c in ftfl[4:7]] == ["2", "8", "3-5 ‡"]
+    assert ("‡ Unequal counts: FTFL (DMC hopper-stand 3, DMC humanoid-stand 5; repeated to 15 per task): each seed "
+            "of a task with n seeds counts 1/n of that task") in md
+    # Independently: SAC's IQM of 3 seeds per task, FTFL's seeds over it, each task's seeds repeated to 15 (lcm(3, 5)),
+    # scipy's 25% trimmed mean of that 15 x 2 matrix.
+    columns = []
+    for task, ftfl_dirs in (("hopper-stand", ["ftfl-hopper-stand"]), ("humanoid-stand", ["ftfl-humanoid-a",
+                                                                                       "ftfl-humanoid-b"])):
+        sac = pd.read_csv(fake_sweep / "dmc" / f"sac-{task}" / "metrics.csv")
+        sac = sac[sac.metric == "eval/return"].sort_values("step").groupby("seed")["value"].last()
+        ref = scipy.stats.trim_mean(sac.to_numpy(), 0.25)
+        seeds = []
+        for d in ftfl_dirs:
+            m = pd.read_csv(fake_sweep / "dmc" / d / "metrics.csv")
+            seeds += list(m[m.metric == "eval/return"].sort_values("step").groupby("seed")["value"].last() / ref)
+        columns.append(np.repeat(seeds, 15 // len(seeds)))
+    expected = scipy.stats.trim_mean(np.stack(columns, axis=1), 0.25, axis=None)
+    assert ftfl[2].strip() == f"{100 * expected:.0f}%"
 
 
 def test_same_seed_in_two_folders_is_refused(fake_sweep, tmp_path):
@@ -159,3 +184,60 @@ def test_a_run_without_metrics_is_noted_and_a_torn_last_line_is_dropped(tmp_path
     assert list(data.runs["run"]) == [f"{tmp_path.name}/killed"]
     assert any("started" in n and "no metrics yet" in n for n in data.notes)
     assert data.metrics["step"].max() == 4000
+
+
+def test_model_error_is_comparable_and_unmeasured_diagnostics_are_gaps(tmp_path, monkeypatch):
+    """MBPO (residual target), FTFL (direct target) and SAC on one task; before warm-up ends (4k steps) the
+    model and synthetic-batch metrics were not measured: absent from MBPO's metrics.csv, NaN in FTFL's."""
+    base = dict(env="dmc:hopper-stand", seeds=2, steps=10_000, eval_every=2_000, log_every=1_000, warmup_steps=4_000)
+    sac, mbpo, ftfl = TrainConfig(algo="sac", **base), TrainConfig(algo="mbpo", **base), default_config("ftfl", **base)
+    write_run(tmp_path / "runs" / "sac", sac, fake_rows(sac), meta_dirs=False)
+    write_run(tmp_path / "runs" / "mbpo", mbpo, fake_rows(mbpo), meta_dirs=False)
+    write_run(tmp_path / "runs" / "ftfl", ftfl, fake_rows(ftfl, unmeasured="nan"), meta_dirs=False)
+    text = (tmp_path / "runs" / "ftfl" / "metrics.csv").read_text()
+    assert "1000,0,q/mean_synthetic,nan" in text and "1000,0,model/pct_error_next_state,nan" in text
+    assert ",q/mean_synthetic," not in "".join(r for r in (tmp_path / "runs" / "mbpo" / "metrics.csv").read_text()
+                                                .splitlines(keepends=True) if r.startswith(("1000,", "4000,")))
+    drawn = {}
+    original = report.F.curve_grid
+
+    def spy(out_dir, name, title, ylabel, panels, *args, **kwargs):
+        drawn[name] = (title, ylabel, panels)
+        return original(out_dir, name, title, ylabel, panels, *args, **kwargs)
+
+    monkeypatch.setattr(report.F, "curve_grid", spy)
+    files = make_report([tmp_path / "runs"], tmp_path / "report", reps=100)
+    assert {"diag_model_error.png", "diag_model_error_residual.png", "diag_q_values.png", "diag_rewards.png",
+            "diag_model_variance.png"} <= {f.name for f in files}
+
+    def lines(name, linestyle="-"):
+        return {c.variant: c for c in drawn[name][2]["dmc:hopper-stand"] if c.linestyle == linestyle}
+
+    # Across variants: the error on s' (about 6% for both models), not each model's own target (120% on s'-s for
+    # MBPO), and the figure says so.
+    title, ylabel, _ = drawn["diag_model_error"]
+    assert "next state s'" in title and "same for every target" in title and "||s'||" in ylabel
+    err = lines("diag_model_error")
+    assert set(err) == {"MBPO", "FTFL"}
+    for c in err.values():
+        np.testing.assert_allclose(c.point, PCT_ERROR_NEXT["dmc"], rtol=0.15)
+        assert list(c.steps) == list(range(5_000, 10_001, 1_000))
+    # The own-target error only for residual-target models, where it means the same thing (s'-s).
+    title, ylabel, _ = drawn["diag_model_error_residual"]
+    assert "s'-s" in title and "residual-target models only" in title
+    own = lines("diag_model_error_residual")
+    assert set(own) == {"MBPO"}
+    np.testing.assert_allclose(own["MBPO"].point, PCT_ERROR_DELTA["dmc"], rtol=0.15)
+    # Unmeasured steps are gaps: the synthetic-batch curves start after warm-up, with no zeros and no NaN.
+    for name in ("diag_q_values", "diag_rewards"):
+        synthetic = lines(name, "--")
+        assert set(synthetic) == {"MBPO", "FTFL"}
+        for c in synthetic.values():
+            assert list(c.steps) == list(range(5_000, 10_001, 1_000)), (name, c.variant)
+            assert np.all(np.isfinite(c.point)) and np.all(c.point != 0)
+            assert np.all(np.isfinite(c.lo)) and np.all(np.isfinite(c.hi))
+        real = lines(name, "-")
+        assert list(real["MBPO"].steps) == list(range(1_000, 10_001, 1_000))  # measured from the start
+    assert list(lines("diag_q_values")["SAC"].steps) == list(range(1_000, 10_001, 1_000))
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "`model/pct_error_next_state`" in md and "never a zero" in md

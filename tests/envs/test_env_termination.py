@@ -183,7 +183,15 @@ def test_original_mbpo_hopper_logic_misses_the_lower_state_bound():
     assert termination_fn("gym:Hopper-v5")(obs[None], None, obs[None])[0]
 
 
-@pytest.mark.parametrize("env_id", ["gym:HalfCheetah-v5", "dmc:cheetah-run", "dmc:walker-run"])
+# Gym tasks outside Gym6 whose step() returns terminated=False unconditionally (read in
+# Gymnasium 1.x's source; Pusher-v4 cannot be built).
+NEVER_TERMINATE = (
+    "gym:HalfCheetah-v4", "gym:Swimmer-v4", "gym:Swimmer-v5", "gym:Reacher-v4", "gym:Reacher-v5",
+    "gym:Pusher-v5", "gym:HumanoidStandup-v4", "gym:HumanoidStandup-v5",
+)
+
+
+@pytest.mark.parametrize("env_id", ["gym:HalfCheetah-v5", *NEVER_TERMINATE, "dmc:cheetah-run", "dmc:walker-run"])
 def test_never_terminating_tasks_return_all_false(env_id):
     obs, action, next_obs, terminated = _rollout(env_id, 50)
     assert not terminated.any()
@@ -237,9 +245,9 @@ def test_unknown_and_unsupported_ids():
     assert has_termination_fn("dmc:lqr-lqr_6_2")
     assert set(supported_ids()) == {
         "gym:Hopper-v5", "gym:Walker2d-v5", "gym:Ant-v5", "gym:Humanoid-v5",
-        "gym:InvertedPendulum-v5", "gym:HalfCheetah-v5",
+        "gym:InvertedPendulum-v5", "gym:HalfCheetah-v5", *NEVER_TERMINATE,
     }
-    for bad in ("gym:Swimmer-v5", "gym:Hopper-v4", "gym:NoSuch-v5", "dmc:cheetah-runn", "zzz"):
+    for bad in ("gym:InvertedDoublePendulum-v5", "gym:Hopper-v4", "gym:NoSuch-v5", "dmc:cheetah-runn", "zzz"):
         assert not has_termination_fn(bad)
         with pytest.raises(NoTerminationFnError) as info:
             termination_fn(bad)

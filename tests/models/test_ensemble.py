@@ -180,40 +180,57 @@ def test_targets_residual_and_direct():
 # --- data split -----------------------------------------------------------------------
 
 
-def test_train_indices_are_filled_training_slots_and_differ_per_member():
-    k, size = 5, 23
-    idx = np.asarray(ens.sample_train_indices(jax.random.key(0), jnp.int32(size), (4, 2000), k))
-    assert idx.shape == (4, 2000)
-    assert idx.min() >= 0 and idx.max() < size
-    assert not np.any(idx % k == k - 1)  # never a holdout slot
-    train = [i for i in range(size) if i % k != k - 1]
+SPLIT = jax.jit(ens.random_split, static_argnums=(2, 3))
+
+
+def split_sets(key, size, capacity=64, ratio=0.2):
+    split = SPLIT(key, jnp.int32(size), capacity, ratio)
+    order, n_hold, n_train = np.asarray(split.order), int(split.n_holdout), int(split.n_train)
+    return split, set(order[:n_hold].tolist()), set(order[n_hold:n_hold + n_train].tolist())
+
+
+def test_a_split_holds_out_a_fifth_of_the_filled_slots_and_trains_on_the_rest():
+    split, hold, train = split_sets(jax.random.key(0), 50)
+    assert len(hold) == 10 and len(train) == 40  # floor(0.2 * 50)
+    assert hold | train == set(range(50)) and not hold & train  # filled slots only, each once
+    np.testing.assert_array_equal(np.flatnonzero(np.asarray(ens.train_mask(split))), sorted(train))
+    # Slots above `size` hold garbage (buffer_of writes 1e4 there) and are in neither part.
+    _, hold, train = split_sets(jax.random.key(1), 4)  # fewer than 1 / 0.2 filled: nothing held out
+    assert hold == set() and train == {0, 1, 2, 3}
+
+
+def test_every_refit_draws_a_fresh_split_so_all_data_trains_the_model():
+    """The old fixed split held every 5th slot out forever; MBPO and the STFL code re-split."""
+    holds = [split_sets(jax.random.key(i), 50)[1] for i in range(30)]
+    assert len({frozenset(h) for h in holds}) == 30
+    never_trained = set(range(50)).intersection(*holds)
+    assert never_trained == set()
+    # Each slot is held out about 20% of the time.
+    counts = np.bincount(np.concatenate([sorted(h) for h in holds]), minlength=50)
+    assert counts.mean() == 0.2 * 30 and counts.max() <= 16
+
+
+def test_train_indices_are_training_slots_and_differ_per_member():
+    split, hold, train = split_sets(jax.random.key(2), 23, capacity=32)
+    idx = np.asarray(ens.sample_train_indices(jax.random.key(0), split, (4, 2000)))
+    assert idx.shape == (4, 2000) and set(idx.ravel().tolist()) == train
     for row in idx:  # every training slot reachable, roughly uniformly
-        counts = np.bincount(row, minlength=size)[train]
+        counts = np.bincount(row, minlength=32)[sorted(train)]
         assert counts.min() > 2000 / len(train) * 0.5
     for a in range(4):  # each member draws its own minibatches
         for b in range(a + 1, 4):
             assert (idx[a] != idx[b]).mean() > 0.8
 
 
-def test_slot_maps_enumerate_the_split():
-    k = 5
-    j = np.arange(40)
-    np.testing.assert_array_equal(ens.train_slot(j, k), [i for i in range(50) if i % 5 != 4])
-    np.testing.assert_array_equal(ens.holdout_slot(j[:10], k), np.arange(4, 50, 5))
-
-
-def test_holdout_indices():
-    k = 5
-    # Few holdout slots: all of them, exactly once, the rest masked.
-    slots, mask = ens.holdout_indices(jax.random.key(0), jnp.int32(23), 8, k)
-    np.testing.assert_array_equal(np.asarray(slots)[np.asarray(mask)], [4, 9, 14, 19])
-    assert int(mask.sum()) == 4
-    # Many: max_holdout draws among the filled holdout slots.
-    slots, mask = ens.holdout_indices(jax.random.key(0), jnp.int32(1000), 50, k)
-    assert bool(mask.all()) and np.all(np.asarray(slots) % k == k - 1) and np.asarray(slots).max() < 1000
-    # No holdout slot filled yet: the training slots stand in.
-    slots, mask = ens.holdout_indices(jax.random.key(0), jnp.int32(3), 8, k)
-    np.testing.assert_array_equal(np.asarray(slots)[np.asarray(mask)], [0, 1, 2])
+def test_holdout_indices_are_a_capped_subset_of_the_held_out_slots():
+    split, hold, train = split_sets(jax.random.key(3), 60)  # 12 held out
+    slots, mask = ens.holdout_indices(split, 8)
+    assert slots.shape == (8,) and bool(mask.all()) and set(np.asarray(slots).tolist()) < hold
+    slots, mask = ens.holdout_indices(split, 20)  # the cap above the count: all 12, once each
+    assert int(mask.sum()) == 12 and set(np.asarray(slots)[np.asarray(mask)].tolist()) == hold
+    split, hold, train = split_sets(jax.random.key(3), 3)  # nothing held out: training slots stand in
+    slots, mask = ens.holdout_indices(split, 8)
+    assert set(np.asarray(slots)[np.asarray(mask)].tolist()) == train == {0, 1, 2}
 
 
 def test_track_best_follows_mbpo_rule():
@@ -238,17 +255,20 @@ def test_elites_are_the_members_with_lowest_holdout_mse():
     buf = buffer_of(t, capacity=64, size=50)
     offsets = np.array([3.0, 0.1, 5.0, -0.5])  # member e predicts offsets[e] in every dim
     state = planted(TINY, np.repeat(offsets[:, None], D, 1), np.zeros((4, D)))
-    new, metrics = FIT(TINY, state, buf, jax.random.key(0))  # refit_steps=0: evaluate only
+    key = jax.random.key(0)
+    new, metrics = FIT(TINY, state, buf, key)  # refit_steps=0: evaluate only
 
-    hold = np.arange(4, 50, 5)  # every 5th filled slot
+    # fit splits with the first of two keys split from its own (documented in ens.fit).
+    split, hold, train = split_sets(jax.random.split(key)[0], 50)
+    hold, train = np.array(sorted(hold)), np.array(sorted(train))
     y = np.asarray(ens.targets(TINY, jax.tree_util.tree_map(lambda x: x[hold], t)), np.float64)
     ref = np.array([((o - y) ** 2).mean() for o in offsets])
     np.testing.assert_allclose(new.holdout_mse, ref, rtol=1e-5)
     np.testing.assert_array_equal(new.elites, np.argsort(ref)[:2])
     np.testing.assert_allclose(metrics["model/holdout_loss"], np.sort(ref)[:2].mean(), rtol=1e-5)
     assert int(metrics["model/fit_steps"]) == 0
-    # Input normaliser: statistics of the 50 filled rows only.
-    x = np.concatenate([t.obs[:50], t.action[:50]], -1).astype(np.float64)
+    # Input normaliser: statistics of the 40 training rows only (not the held-out ones).
+    x = np.concatenate([t.obs[train], t.action[train]], -1).astype(np.float64)
     np.testing.assert_allclose(new.input_norm.mean, x.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(new.input_norm.std, x.std(0), rtol=1e-4)
 
@@ -272,14 +292,17 @@ def test_short_fit_learns_a_linear_system(target_norm, direct):
     new, metrics = FIT(cfg, state, buf, jax.random.key(2))
 
     y = np.asarray(ens.targets(cfg, t), np.float64)
-    if target_norm:
-        np.testing.assert_allclose((new.target_norm.mean - y.mean(0)) / y.std(0), 0.0, atol=1e-4)
-        np.testing.assert_allclose(new.target_norm.std, y.std(0), rtol=1e-4)
+    _, hold, train = split_sets(jax.random.split(jax.random.key(2))[0], 600, capacity=640)
+    hold, train = np.array(sorted(hold)), np.array(sorted(train))
+    assert len(train) == 480 and len(hold) == 120
+    if target_norm:  # statistics of the training part of the refit's split only
+        yt = y[train]
+        np.testing.assert_allclose((new.target_norm.mean - yt.mean(0)) / yt.std(0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(new.target_norm.std, yt.std(0), rtol=1e-4)
     else:
         np.testing.assert_array_equal(new.target_norm.std, 1.0)
 
     # Holdout MSE (training space) recomputed from predict, before and after the fit.
-    hold = np.arange(4, 600, 5)
     th = jax.tree_util.tree_map(lambda x: x[hold], t)
     yh = np.asarray(nz.normalize(new.target_norm, ens.targets(cfg, th)))
 
@@ -451,3 +474,27 @@ def test_reset_gives_fresh_params_and_optimiser_and_keeps_normalisers():
     np.testing.assert_array_equal(new.input_norm.mean, norm.mean)
     np.testing.assert_array_equal(new.target_norm.std, tnorm.std)
     np.testing.assert_array_equal(new.elites, [0])
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_diagnostics_hand_values(direct):
+    """s = (3, 0, 0), s' = (3, 4, 0), r = 1; every elite predicts s' off by (0, 0.4, 0) and r = 1.5.
+
+    By hand: the state error is 0.4, so 100 * 0.4 / ||s' - s|| = 10% on the residual target,
+    100 * 0.4 / ||s'|| = 8% on s' (and on the direct target), and the reward MSE is 0.25.
+    """
+    cfg = ens.ModelConfig(ensemble_size=3, num_elites=2, width=4, depth=1, direct_next_state=direct)
+    n = 5
+    obs = np.tile([3.0, 0.0, 0.0], (n, 1))
+    nxt = np.tile([3.0, 4.0, 0.0], (n, 1))
+    t = Transition(obs=jnp.asarray(obs, jnp.float32), action=jnp.zeros((n, ACTION_DIM), jnp.float32),
+                   reward=jnp.ones(n, jnp.float32), next_obs=jnp.asarray(nxt, jnp.float32),
+                   discount=jnp.ones(n, jnp.float32))
+    state_pred = [3.0, 4.4, 0.0] if direct else [0.0, 4.4, 0.0]
+    means = np.tile(state_pred + [1.5], (3, 1))
+    means[1] = 50.0  # not an elite
+    state = planted(cfg, means, np.zeros((3, D))).replace(elites=jnp.array([0, 2], jnp.int32))
+    d = DIAGNOSTICS(cfg, state, t)
+    assert float(d["model/pct_error"]) == pytest.approx(8.0 if direct else 10.0, rel=1e-5)
+    assert float(d["model/pct_error_next_state"]) == pytest.approx(8.0, rel=1e-5)
+    assert float(d["model/reward_mse"]) == pytest.approx(0.25, rel=1e-5)

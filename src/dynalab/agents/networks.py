@@ -1,14 +1,16 @@
 """Actor and twin-critic networks for SAC (flax.linen).
 
-Every Dense layer, heads included, starts from orthogonal(sqrt 2) kernels and zero biases,
-as in jaxrl (D'Oro et al.'s high-replay-ratio SAC, the base of the seed-000 code); at replay
-ratio 1 this learns markedly faster than flax's LeCun-normal default.
+Every Dense layer starts from zero biases and an orthogonal kernel with gain sqrt 2. For the
+hidden layers, the critic's output and the actor's mean head this is what D'Oro et al.'s
+high-replay-ratio fork of jaxrl does (the base of the STFL code); at replay ratio 1 it learns
+markedly faster than flax's LeCun-normal default. The actor's log-std head has its own gain,
+`log_std_init_scale`, sqrt 2 by default; that fork and jaxrl use 1 there (see `Actor`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, get_args
 
 import flax.linen as nn
 import jax
@@ -67,24 +69,54 @@ class MLP(nn.Module):
         return x
 
 
+LogStdMode = Literal["tanh", "clip"]
+LOG_STD_MODES: tuple[str, ...] = get_args(LogStdMode)
+
+
 class Actor(nn.Module):
     """State-dependent diagonal Gaussian (pre-tanh): returns (mean, log_std).
 
-    log_std is squashed smoothly into [log_std_min, log_std_max] with a tanh (jaxrl's choice,
-    "for stability"), so it keeps a gradient at the bounds where a clip would have none.
+    The log-std head's raw output x is bounded to [log_std_min, log_std_max] by `log_std_mode`:
+
+    - "tanh": log_std = min + (max - min) * (tanh(x) + 1) / 2, a smooth squash that keeps a
+      gradient at the bounds. This is the STFL code's choice, taken from D'Oro et al.'s
+      high-replay-ratio fork of jaxrl (proceduralia/high_replay_ratio_continuous_control,
+      jaxrl/networks/policies.py, "suggested by Ilya for stability"). x = 0 maps to the
+      midpoint, so with the default bounds [-10, 2] log_std is -4 there: sigma = e^-4 = 0.018.
+    - "clip": log_std = clip(x, min, max), as in jaxrl's NormalTanhPolicy (bounds [-10, 2])
+      and Stable-Baselines3's SAC actor (th.clamp to [-20, 2]). x = 0 maps to log_std 0, so
+      sigma = 1 there.
+
+    At initialisation x is centred on 0: every bias starts at zero and every kernel is a
+    random orthogonal matrix, whose sign is symmetric, so x is a zero-mean linear function of
+    the ReLU features, and exactly 0 for an all-zero observation. Its spread grows with the
+    observation's norm and `log_std_init_scale` (the gain of the log-std kernel's orthogonal
+    init): on small observations the initial sigma is about 0.018 ("tanh") or 1 ("clip"); on
+    large ones (HalfCheetah, humanoid) only its median is, and both modes reach their bounds.
     """
 
     hidden: Sequence[int]
     action_dim: int
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    log_std_mode: LogStdMode = "tanh"
+    log_std_init_scale: float = math.sqrt(2.0)
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         x = MLP(self.hidden, name="trunk")(obs)
         mean = Dense(self.action_dim, name="mean")(x)
-        raw = Dense(self.action_dim, name="log_std")(x)
-        return mean, squash_log_std(raw, self.log_std_min, self.log_std_max)
+        raw = nn.Dense(self.action_dim, kernel_init=orthogonal(self.log_std_init_scale), name="log_std")(x)
+        return mean, bound_log_std(raw, self.log_std_mode, self.log_std_min, self.log_std_max)
+
+
+def bound_log_std(raw: jax.Array, mode: str, low: float, high: float) -> jax.Array:
+    """The log-std head's raw output bounded to [low, high] by `mode` ("tanh" or "clip")."""
+    if mode == "tanh":
+        return squash_log_std(raw, low, high)
+    if mode == "clip":
+        return jnp.clip(raw, low, high)
+    raise ValueError(f"log_std_mode must be one of {', '.join(LOG_STD_MODES)}, got {mode!r}.")
 
 
 def squash_log_std(raw: jax.Array, low: float, high: float) -> jax.Array:

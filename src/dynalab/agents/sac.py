@@ -13,6 +13,7 @@ dataclass, so jit with `static_argnums=0` (or close over it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -23,7 +24,7 @@ import optax
 from flax import struct
 
 from dynalab.agents.distributions import tanh_gaussian_sample
-from dynalab.agents.networks import Actor, DoubleCritic
+from dynalab.agents.networks import Actor, DoubleCritic, LogStdMode
 from dynalab.types import Transition
 
 Params = Any  # a flax variables dict, {"params": ...}
@@ -44,6 +45,10 @@ class SACConfig:
     target_entropy_scale: float = 0.5  # target entropy = -scale * |A|
     log_std_min: float = -10.0
     log_std_max: float = 2.0
+    log_std_mode: LogStdMode = "tanh"
+    """Actor log-std bound: tanh squashes it (STFL code; initial sigma ~0.018), clip clips it (jaxrl, SB3; ~1)."""
+    log_std_init_scale: float = math.sqrt(2.0)
+    """Gain of the orthogonal init of the actor's log-std head (jaxrl and D'Oro et al.'s fork use 1.0)."""
     critic_layernorm: bool = False
 
 
@@ -66,7 +71,7 @@ def make_optimizer(lr: float, cfg: SACConfig) -> optax.GradientTransformation:
 
 
 def make_actor(cfg: SACConfig, action_dim: int) -> Actor:
-    return Actor(cfg.hidden, action_dim, cfg.log_std_min, cfg.log_std_max)
+    return Actor(cfg.hidden, action_dim, cfg.log_std_min, cfg.log_std_max, cfg.log_std_mode, cfg.log_std_init_scale)
 
 
 def make_critic(cfg: SACConfig) -> DoubleCritic:
@@ -194,7 +199,7 @@ def critic_loss(
     target = jax.lax.stop_gradient(target)
     q = q_values(cfg, critic_params, batch.obs, batch.action)
     loss = jnp.square(q - target[None]).mean(axis=-1).sum()
-    return loss, {"q/mean_real": q.mean(), "q/target_mean": target.mean()}
+    return loss, {"q/mean_batch": q.mean(), "q/target_mean": target.mean()}
 
 
 def actor_loss(
@@ -289,6 +294,6 @@ def update(
         "loss/temperature": t_loss,
         "sac/temperature": alpha,  # the alpha used in this step's critic and actor losses
         "sac/entropy": entropy,
-        "q/mean_real": c_aux["q/mean_real"],
+        "q/mean_batch": c_aux["q/mean_batch"],
     }
     return new_state, metrics

@@ -11,13 +11,22 @@ non-buffer state is left as it was before the call, so the last finite state sur
 Randomness: every function takes an explicit key. The loop derives it from the seed's root
 key and the env-step counter (`step_key`), so a seed's random stream does not depend on which
 other seeds share the program, and a resumed run draws the same keys as an uninterrupted one.
+Every consumer of randomness gets its own stream (see `stream`): in current JAX
+`split(k, n)[i] == fold_in(k, i)`, so a key is either split or folded with names, never both,
+and no key that is drawn from is also used to derive others.
+
+Periodic work (hooks) runs in two phases after the learner call of env step k (the order is
+written out once, in `dynalab.train`): "measure" hooks (diagnostics) see the learner that
+trained through step k, next to the evaluation and logging of step k; "maintain" hooks (model
+refits, resets) run after them and change what step k + 1 starts from.
 """
 
 from __future__ import annotations
 
 import warnings
+import zlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -32,18 +41,44 @@ Metrics = dict[str, jax.Array]
 # An update's metrics may carry, under this key, the minibatch that first produced a non-finite
 # loss; the guard hands it to the loop instead of logging it.
 OFFENDING_BATCH = "offending_batch"
+# A call's metrics may carry, under this key, {metric name: bool} for metrics that are not always
+# measurable (e.g. Q on synthetic data before any rollout). An unmeasured metric is NaN, which the
+# guard ignores and the metrics writer drops, so it is never logged as a number.
+MEASURED = "measured"
 
-# Streams drawn from one (seed, step) key; fixed numbers so adding a stream never shifts others.
-EXPLORE, UPDATE, RANDOM_ACTION, HOOK = 0, 1, 2, 3
+
+def stream(key: jax.Array, name: str) -> jax.Array:
+    """The independent child stream `name` of `key`: fold_in with the CRC-32 of the name.
+
+    Use it for every consumer of randomness; derive children of one key either all with
+    `stream` or all with `jax.random.split`, never both (split(k, n)[i] == fold_in(k, i)).
+    """
+    return jax.random.fold_in(key, zlib.crc32(name.encode()))
+
+
+Phase = Literal["measure", "maintain"]
 
 
 @dataclass(frozen=True)
 class Hook:
-    """Work done every `every` env steps (model refits, resets), timed as `time/<name>`."""
+    """Periodic work after an env step, timed as `time/<name>`.
+
+    `every` is its nominal interval in env steps (for amortised timings); `due(k)`, if given,
+    says whether it runs after env step k (default: k is a positive multiple of `every`).
+    `phase`: "measure" hooks run before evaluation and logging of step k and must not change
+    what the agent does; "maintain" hooks run after them (see the module docstring).
+    """
 
     name: str
     every: int
     fn: Callable[[State, jax.Array], tuple[State, Metrics]]
+    phase: Phase = "maintain"
+    due: Callable[[int], bool] | None = None
+
+    def is_due(self, env_step: int) -> bool:
+        if self.due is not None:
+            return bool(self.due(env_step))
+        return env_step > 0 and env_step % self.every == 0
 
 
 @dataclass(frozen=True)
@@ -56,10 +91,12 @@ class Learner:
     """(state, obs, key) -> action in [-1, 1] for acting in the environment."""
     exploit: Callable[[State, jax.Array], jax.Array]
     """(state, obs[E, obs_dim]) -> deterministic actions for evaluation."""
-    observe: Callable[[State, Transition], State]
-    """Store one real transition without learning (warm-up)."""
-    update: Callable[[State, Transition, jax.Array], tuple[State, Metrics]]
-    """Store one real transition and do all learning of one env step."""
+    observe: Callable[[State, Transition, jax.Array], State]
+    """(state, t, valid) -> state: store one real transition without learning (warm-up).
+    `valid` (bool scalar) False means the step diverged: t must not be stored."""
+    update: Callable[[State, Transition, jax.Array, jax.Array], tuple[State, Metrics]]
+    """(state, t, valid, key) -> (state, metrics): store t (if valid) and do all learning of one
+    env step."""
     hooks: tuple[Hook, ...] = ()
     needs_sim_state: bool = False
     """Whether real transitions must carry the simulator state (the perfect model)."""
@@ -67,24 +104,33 @@ class Learner:
     """Named pieces of `update` (e.g. model rollouts) that `dynalab bench` times on their own."""
 
 
-def step_key(root: jax.Array, step: jax.Array, stream: int) -> jax.Array:
-    return jax.random.fold_in(jax.random.fold_in(root, step), stream)
+def init_key(root: jax.Array) -> jax.Array:
+    """The key of a seed's `Learner.init`."""
+    return stream(root, "init")
+
+
+def step_key(root: jax.Array, step: jax.Array, name: str) -> jax.Array:
+    """The key of stream `name` ("explore", "random_action", "update", "hook/<hook name>") at
+    env step `step` (the number of env steps taken before it)."""
+    return stream(jax.random.fold_in(stream(root, "steps"), step), name)
 
 
 def _is_buffer(x: Any) -> bool:
     return isinstance(x, replay.ReplayBuffer)
 
 
-def nonfinite_flags(metrics: Metrics, state: State) -> tuple[list[str], jax.Array]:
+def nonfinite_flags(metrics: Metrics, state: State, measured: dict | None = None) -> tuple[list[str], jax.Array]:
     """Names and flags (True: holds a NaN or Inf) of every metric and float non-buffer state leaf.
 
-    Replay buffers are skipped: scanning them every step would cost more than the update.
-    Real observations and rewards are checked on the host before they enter a buffer.
+    A metric named in `measured` is flagged only where it was measured. Replay buffers are
+    skipped: scanning them every step would cost more than the update. Real observations and
+    rewards are checked on the host before they enter a buffer.
     """
     names, flags = [], []
+    measured = measured or {}
     for name in sorted(metrics):
         names.append(name)
-        flags.append(~jnp.all(jnp.isfinite(metrics[name])))
+        flags.append(~jnp.all(jnp.isfinite(metrics[name])) & measured.get(name, True))
     lean = jax.tree.map(lambda x: None if _is_buffer(x) else x, state, is_leaf=_is_buffer)
     for path, x in jax.tree_util.tree_flatten_with_path(lean)[0]:
         if jnp.issubdtype(x.dtype, jnp.inexact):
@@ -129,38 +175,43 @@ class SeedBatch:
         self.learner = learner = learner_for(None)
         self.values = jnp.asarray(values, jnp.float32)
         per_member = lambda f, *axes: jax.vmap(f, in_axes=(*axes, 0, 0, None))  # noqa: E731  (root, value, step)
-        self.init = jax.jit(jax.vmap(lambda key, v: learner_for(v).init(key)))
+        self.init = jax.jit(jax.vmap(lambda root, v: learner_for(v).init(init_key(root))))
         self._random_action = jax.jit(per_member(
-            lambda root, v, step: jax.random.uniform(step_key(root, step, RANDOM_ACTION), (action_dim,), minval=-1.0,
-                                                     maxval=1.0)))
+            lambda root, v, step: jax.random.uniform(step_key(root, step, "random_action"), (action_dim,),
+                                                     minval=-1.0, maxval=1.0)))
         self._explore = jax.jit(per_member(
-            lambda s, o, root, v, step: learner_for(v).explore(s, o, step_key(root, step, EXPLORE)), 0, 0))
+            lambda s, o, root, v, step: learner_for(v).explore(s, o, step_key(root, step, "explore")), 0, 0))
         self._exploit = jax.jit(jax.vmap(lambda s, o, v: learner_for(v).exploit(s, o)))
         # Donating the state lets XLA update replay buffers in place where the backend can.
-        self._observe = jax.jit(jax.vmap(lambda s, t, v: learner_for(v).observe(s, t)), donate_argnums=0)
+        self._observe = jax.jit(jax.vmap(lambda s, t, ok, v: learner_for(v).observe(s, t, ok)), donate_argnums=0)
         self.guard_names: dict[str, list[str]] = {}
 
         def guarded(name, fn):
             def call(s, *args):
                 new, metrics = fn(s, *args)
                 batch = metrics.pop(OFFENDING_BATCH, None)
-                names, flags = nonfinite_flags(metrics, new)
+                measured = metrics.pop(MEASURED, None)
+                names, flags = nonfinite_flags(metrics, new, measured)
+                if measured:
+                    metrics = {k: jnp.where(measured.get(k, True), v, jnp.nan) for k, v in metrics.items()}
                 self.guard_names[name] = names  # fixed at trace time
                 return keep_unless(~flags.any(), new, s), metrics, flags, batch
             return call
 
         self._update = jax.jit(per_member(guarded(
-            "update", lambda s, t, root, v, step: learner_for(v).update(s, t, step_key(root, step, UPDATE))), 0, 0),
+            "update", lambda s, t, ok, root, v, step: learner_for(v).update(s, t, ok, step_key(root, step, "update"))),
+            0, 0, 0),
             donate_argnums=0)
         self._hooks = {
             h.name: jax.jit(per_member(guarded(
-                h.name, lambda s, root, v, step, i=i: learner_for(v).hooks[i].fn(s, step_key(root, step, HOOK))), 0),
+                h.name, lambda s, root, v, step, i=i, name=h.name: learner_for(v).hooks[i].fn(
+                    s, step_key(root, step, f"hook/{name}"))), 0),
                 donate_argnums=0)
             for i, h in enumerate(learner.hooks)
         }
         self.parts = {
             name: jax.jit(per_member(
-                lambda s, root, v, step, i=i: learner_for(v).parts[i][1](s, step_key(root, step, UPDATE)), 0))
+                lambda s, root, v, step, i=i: learner_for(v).parts[i][1](s, step_key(root, step, "update")), 0))
             for i, (name, _) in enumerate(learner.parts)
         }
 
@@ -176,15 +227,18 @@ class SeedBatch:
     def exploit(self, state: State, obs: jax.Array) -> jax.Array:
         return self._exploit(state, obs, self.values)
 
-    def observe(self, state: State, t: Transition) -> State:
-        return self._observe(state, t, self.values)
+    def observe(self, state: State, t: Transition, valid: np.ndarray) -> State:
+        """Store each member's transition where `valid` (members,) is True."""
+        return self._observe(state, t, valid, self.values)
 
-    def update(self, state: State, t: Transition, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
-        state, metrics, flags, batch = self._update(state, t, roots, self.values, jnp.int32(step))
+    def update(self, state: State, t: Transition, valid: np.ndarray, roots: jax.Array,
+               step: int) -> tuple[State, Metrics, Checked]:
+        state, metrics, flags, batch = self._update(state, t, valid, roots, self.values, jnp.int32(step))
         return state, metrics, Checked(self.guard_names["update"], flags, batch)
 
-    def due_hooks(self, env_step: int) -> list[Hook]:
-        return [h for h in self.learner.hooks if env_step % h.every == 0]
+    def due_hooks(self, env_step: int, phase: Phase) -> list[Hook]:
+        """The hooks of `phase` that run after env step `env_step`, in the learner's order."""
+        return [h for h in self.learner.hooks if h.phase == phase and h.is_due(env_step)]
 
     def run_hook(self, hook: Hook, state: State, roots: jax.Array, step: int) -> tuple[State, Metrics, Checked]:
         state, metrics, flags, batch = self._hooks[hook.name](state, roots, self.values, jnp.int32(step))

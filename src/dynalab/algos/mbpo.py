@@ -5,6 +5,12 @@ model rollouts from real states with the current policy, store them in a synthet
 then do the SAC updates on batches mixing a fraction `synthetic_ratio` of synthetic data.
 Model refits, model/agent resets and diagnostics are periodic hooks. FTFL is this learner
 with the model's `target_norm` and `direct_next_state` switches on.
+
+No rollout ever uses an unfitted model: the model is fitted at the end of warm-up (before the
+first learning step), at every multiple of `model_refit_every` after that, and right after
+every model reset; and inside the compiled step, rollouts from a model that has not been
+fitted since its (re-)initialisation are masked out (they can only happen with no warm-up at
+all, on the very first step), and batches are then all real.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from flax import struct
 from dynalab import replay
 from dynalab.agents import sac
 from dynalab.algos import sac as sac_learner
-from dynalab.algos.base import Hook, Learner
+from dynalab.algos.base import MEASURED, Hook, Learner, stream
 from dynalab.config import TrainConfig
 from dynalab.envs.termination import has_termination_fn, termination_fn
 from dynalab.models import ensemble
@@ -43,21 +49,30 @@ def rollout_horizon(cfg: TrainConfig, env_step: jax.Array) -> jax.Array:
     return jnp.floor(lo + frac * (hi - lo)).astype(jnp.int32)
 
 
-def mixed_sampler(real: replay.ReplayBuffer, synthetic: replay.ReplayBuffer, ratio, batch_size: int):
+def synthetic_window(cfg: TrainConfig, env_step: jax.Array) -> jax.Array:
+    """Rows of the synthetic buffer in use: the rollouts of the last `synthetic_retain_steps` env
+    steps at the current horizon, rollouts_per_step * retain * horizon (MBPO's model pool, which
+    is resized whenever the horizon changes). Older rows are never sampled."""
+    return cfg.rollouts_per_step * cfg.synthetic_retain_steps * rollout_horizon(cfg, env_step)
+
+
+def mixed_sampler(real: replay.ReplayBuffer, synthetic: replay.ReplayBuffer, ratio, batch_size: int,
+                  window: jax.Array | None = None):
     """Minibatches whose first round(ratio * batch) rows are synthetic, the rest real.
 
-    The real rows use the SAC learner's key unchanged, and a static ratio of 0 compiles to
-    SAC's own sampler, so S = 0 reproduces SAC bit for bit; `ratio` may also be a traced
-    scalar (a vmapped sweep).
+    Synthetic rows come from the newest `window` rows of the synthetic buffer (all, if None);
+    while it is empty every row is real. The real rows are drawn exactly as SAC draws them,
+    and a static ratio of 0 compiles to SAC's own sampler, so S = 0 reproduces SAC bit for bit;
+    `ratio` may also be a traced scalar (a vmapped sweep).
     """
     if isinstance(ratio, (int, float)) and ratio == 0:
-        return lambda key: replay.sample(real, key, batch_size).without_sim_state()
+        return lambda key: sac_learner.sample_real(real, key, batch_size)
     n_synthetic = jnp.round(ratio * batch_size).astype(jnp.int32)
-    take = jnp.arange(batch_size) < n_synthetic
+    take = (jnp.arange(batch_size) < n_synthetic) & (synthetic.size > 0)
 
     def sample(key):
-        r = replay.sample(real, key, batch_size).without_sim_state()
-        s = replay.sample(synthetic, jax.random.fold_in(key, 1), batch_size)
+        r = sac_learner.sample_real(real, key, batch_size)
+        s = replay.sample_recent(synthetic, stream(key, "synthetic"), batch_size, window)
         pick = lambda a, b: jnp.where(take.reshape(-1, *([1] * (a.ndim - 1))), b, a)  # noqa: E731
         return jax.tree.map(pick, r, s)
 
@@ -65,7 +80,7 @@ def mixed_sampler(real: replay.ReplayBuffer, synthetic: replay.ReplayBuffer, rat
 
 
 class LearnedDynamics:
-    """The probabilistic ensemble (seed 000 Table 2), optionally with FTFL's switches."""
+    """The probabilistic ensemble (STFL Table 2), optionally with FTFL's switches."""
 
     needs_sim_state = False
 
@@ -81,32 +96,45 @@ class LearnedDynamics:
     def init(self, key):
         return ensemble.init(key, self.spec.obs_dim, self.spec.action_dim, self.cfg.model)
 
+    def fitted(self, model) -> jax.Array:
+        return ensemble.is_fitted(model)
+
     def step(self, model, obs, action, sim_state, key):
         next_obs, reward = ensemble.sample_step(self.cfg.model, model, obs, action, key)
         terminated = self.terminated(obs, action, next_obs) if self.terminated else jnp.zeros(obs.shape[:-1], bool)
-        return next_obs, reward, terminated, sim_state
+        return next_obs, reward, terminated, sim_state, jnp.ones(obs.shape[:-1], bool)
 
     def hooks(self) -> list[Hook]:
         cfg = self.cfg
         hooks = []
+        reset_due = sac_learner.resets_due(cfg, cfg.reset_model_every) if cfg.reset_model_every else (lambda k: False)
         if cfg.reset_model_every:
-            # Before the refit that falls on the same step, so a reset model is never used unfitted.
+            # Before the refit that then runs on the same step, so a reset model is never used unfitted.
             hooks.append(Hook("reset_model", cfg.reset_model_every,
-                              lambda s, k: (s.replace(model=ensemble.reset(cfg.model, s.model, k)), {})))
+                              lambda s, k: (s.replace(model=ensemble.reset(cfg.model, s.model, k)), {}),
+                              due=reset_due))
 
         def refit(s, k):
             model, metrics = ensemble.fit(cfg.model, s.model, s.sac.buffer, k)
             return s.replace(model=model), metrics
 
-        hooks.append(Hook("model_fit", cfg.model_refit_every, refit))
+        hooks.append(Hook("model_fit", cfg.model_refit_every, refit, due=refit_due(cfg, reset_due)))
         return hooks
 
     def diagnostics(self, model, batch: Transition) -> dict:
         return ensemble.diagnostics(self.cfg.model, model, batch.without_sim_state())
 
 
+def refit_due(cfg: TrainConfig, reset_due):
+    """Model fits after env step k: at the end of warm-up (k = max(warmup, 1), before the first
+    learning step), at every multiple of `model_refit_every` after it, and right after a model
+    reset once warm-up is over, whatever the intervals."""
+    first = max(cfg.warmup_steps, 1)
+    return lambda k: k >= first and (k == first or k % cfg.model_refit_every == 0 or reset_due(k))
+
+
 class PerfectDynamics:
-    """The simulator restored to each sampled state: no model error at all (seed 000, 4.2)."""
+    """The simulator restored to each sampled state: no model error at all (STFL section 4.2)."""
 
     needs_sim_state = True
 
@@ -115,6 +143,9 @@ class PerfectDynamics:
 
     def init(self, key):
         return None
+
+    def fitted(self, model) -> jax.Array:
+        return jnp.bool_(True)
 
     def step(self, model, obs, action, sim_state, key):
         return self.simulator.step(sim_state, action)
@@ -132,10 +163,10 @@ def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
     empty = sac_learner.empty_transition(spec)
 
     def init(key):
-        # SAC gets the very key plain SAC would, so synthetic ratio 0 reproduces SAC exactly.
+        # SAC's part is what plain SAC builds from the same key, so S = 0 reproduces SAC exactly.
         return DynaState(
             sac=base.init(key),
-            model=dynamics.init(jax.random.fold_in(key, 1)),
+            model=dynamics.init(stream(key, "model")),
             synthetic=replay.init_buffer(cfg.synthetic_capacity, empty),
             env_step=jnp.int32(0),
         )
@@ -146,66 +177,77 @@ def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
     def exploit(state, obs):
         return base.exploit(state.sac, obs)
 
-    def observe(state, t):
-        return state.replace(sac=base.observe(state.sac, t), env_step=state.env_step + 1)
+    def observe(state, t, valid):
+        return state.replace(sac=base.observe(state.sac, t, valid), env_step=state.env_step + 1)
 
     def rollouts(state, real, agent, key):
-        """Branch model rollouts from real states; returns the grown synthetic buffer."""
+        """Branch model rollouts from real states; returns the grown synthetic buffer.
+
+        Nothing is stored while the model is unfitted (see the module docstring).
+        """
         k_start, k_steps = jax.random.split(key)
         start = replay.sample(real, k_start, cfg.rollouts_per_step)
         obs, sim_state = start.obs, start.sim_state
         horizon = rollout_horizon(cfg, state.env_step)
-        alive = jnp.ones(cfg.rollouts_per_step, bool)
+        fitted = dynamics.fitted(state.model)
+        alive = jnp.full(cfg.rollouts_per_step, fitted)
         synthetic = state.synthetic
         first_reward = None
         for i in range(cfg.max_horizon):  # static and short (1 by default)
             k_act, k_model = jax.random.split(jax.random.fold_in(k_steps, i))
             action = sac.sample_action(cfg.sac, agent.actor_params, obs, k_act)
-            next_obs, reward, terminated, sim_state = dynamics.step(state.model, obs, action, sim_state, k_model)
+            next_obs, reward, terminated, sim_state, valid = dynamics.step(state.model, obs, action, sim_state, k_model)
             t = Transition(obs=obs, action=action, reward=reward, next_obs=next_obs,
                            discount=1.0 - terminated.astype(jnp.float32))
-            synthetic = replay.add_masked(synthetic, t, alive & (i < horizon))
+            synthetic = replay.add_masked(synthetic, t, alive & valid & (i < horizon))
             first_reward = reward if first_reward is None else first_reward
-            alive = alive & ~terminated
+            alive = alive & ~terminated & valid
             obs = next_obs
         return synthetic, {"rollout/horizon": horizon.astype(jnp.float32),
-                           "rollout/reward_mean": first_reward.mean()}
+                           "rollout/reward_mean": first_reward.mean(),
+                           MEASURED: {"rollout/reward_mean": fitted}}
 
-    def update(state, t, key):
-        real = replay.add(state.sac.buffer, t)
-        synthetic, roll_metrics = rollouts(state, real, state.sac.agent, jax.random.fold_in(key, 7))
-        sample = mixed_sampler(real, synthetic, cfg.synthetic_ratio, cfg.batch_size)
-        agent, metrics = sac_learner.gradient_steps(cfg, state.sac.agent, sample, key)
-        # SAC's `q/mean_real` is over the mixed batch here; the diagnostics hook measures each part.
-        metrics = {("q/mean_batch" if k == "q/mean_real" else k): v for k, v in metrics.items()}
+    def update(state, t, valid, key):
+        real = replay.add(state.sac.buffer, t, valid)
+        synthetic, roll_metrics = rollouts(state, real, state.sac.agent, stream(key, "rollouts"))
+        sample = mixed_sampler(real, synthetic, cfg.synthetic_ratio, cfg.batch_size,
+                               synthetic_window(cfg, state.env_step))
+        agent, metrics = sac_learner.gradient_steps(cfg, state.sac.agent, sample, sac_learner.updates_key(key))
         state = state.replace(sac=state.sac.replace(agent=agent, buffer=real), synthetic=synthetic,
                               env_step=state.env_step + 1)
         return state, {**metrics, **roll_metrics}
 
     def diagnostics(state, key):
-        k_real, k_syn = jax.random.split(key)
-        real = replay.sample(state.sac.buffer, k_real, cfg.batch_size)
-        syn = replay.sample(state.synthetic, k_syn, cfg.batch_size)
-        critic = state.sac.agent.critic_params
+        """`q/mean_real` and `reward/mean_real` as for SAC; the critic and the rewards on one
+        fresh synthetic batch (from the rows in use; measured once the buffer holds data); and
+        the model's accuracy on a fresh real batch (measured once it has been fitted)."""
+        syn = replay.sample_recent(state.synthetic, stream(key, "synthetic"), cfg.batch_size,
+                                   synthetic_window(cfg, state.env_step))
+        has_syn = state.synthetic.size > 0
         metrics = {
-            "q/mean_real": sac.q_values(cfg.sac, critic, real.obs, real.action).mean(),
-            "q/mean_synthetic": sac.q_values(cfg.sac, critic, syn.obs, syn.action).mean(),
-            "reward/mean_real": real.reward.mean(),
+            **sac_learner.real_diagnostics(cfg, state.sac, key),  # exactly as SAC measures it
+            "q/mean_synthetic": sac.q_values(cfg.sac, state.sac.agent.critic_params, syn.obs, syn.action).mean(),
             "reward/mean_synthetic": syn.reward.mean(),
-            **dynamics.diagnostics(state.model, real),
         }
-        return state, metrics
+        measured = {"q/mean_synthetic": has_syn, "reward/mean_synthetic": has_syn}
+        batch = sac_learner.sample_real(state.sac.buffer, stream(key, "model_batch"), cfg.batch_size)
+        model_metrics = dynamics.diagnostics(state.model, batch)
+        measured.update({k: dynamics.fitted(state.model) for k in model_metrics})
+        return state, {**metrics, **model_metrics, MEASURED: measured}
 
+    sac_hooks = [Hook(h.name, h.every, lambda s, k, fn=h.fn: _on_sac(s, fn, k), phase=h.phase, due=h.due)
+                 for h in base.hooks if h.name != "diagnostics"]
     hooks = [
-        *dynamics.hooks(),
-        *[Hook(h.name, h.every, lambda s, k, fn=h.fn: _on_sac(s, fn, k)) for h in base.hooks],
-        Hook("diagnostics", cfg.log_every, diagnostics),
+        Hook("diagnostics", cfg.log_every, diagnostics, phase="measure", due=sac_learner.diagnostics_due(cfg)),
+        *sac_hooks,  # agent reset
+        *dynamics.hooks(),  # model reset, then refit
     ]
+
     def time_rollouts(s, k):
         # Into a buffer sized for one step's rollouts: handing back the whole (undonated)
         # synthetic buffer would time a copy of it; in `update` it is written in place.
         small = replay.init_buffer(cfg.rollouts_per_step * cfg.max_horizon, empty)
-        return rollouts(s.replace(synthetic=small), s.sac.buffer, s.sac.agent, k)
+        return rollouts(s.replace(synthetic=small), s.sac.buffer, s.sac.agent, stream(k, "rollouts"))
 
     return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update,
                    hooks=tuple(hooks), needs_sim_state=dynamics.needs_sim_state,

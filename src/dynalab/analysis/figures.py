@@ -217,7 +217,10 @@ def sac_normalised(
     variant_order: list[str],
     sac_variant: str,
 ) -> list[Path]:
-    """Seed 001 Fig 1 style: per-task final-return IQM as % of SAC, grouped by suite, and the aggregate."""
+    """FTFL Fig 1 style: per-task final-return IQM as % of SAC, grouped by suite, and the aggregate.
+
+    In the aggregate every task weighs the same, whatever its seed count (`stats.task_weighted_iqm`).
+    """
     suites: dict[str, list[str]] = {}
     for env in sorted(per_task, key=env_sort_key):
         suites.setdefault(parse_env(env)[0], []).append(env)
@@ -262,7 +265,7 @@ def sac_normalised(
                         textcoords="offset points", ha="center", va="bottom", fontsize=8, color="0.3")
         ax.set_xticks(range(len(agg_variants)), agg_variants, rotation=30, ha="right")
         ax.set_xlim(-0.6, len(agg_variants) - 0.4)
-        ax.set_title("Aggregate IQM")
+        ax.set_title("Aggregate IQM\n(every task weighs the same)")
         for ax in axes:
             ax.axhspan(100, top + pad, color="tab:green", alpha=0.07, lw=0, zorder=0)
             ax.axhspan(bottom - pad, 100, color="tab:red", alpha=0.07, lw=0, zorder=0)
@@ -285,7 +288,7 @@ def synthetic_ratio(
     family_order: list[str],
     sac_variant: str | None,
 ) -> list[Path]:
-    """Seed 000 Fig 8: final-return IQM vs synthetic ratio S per task; SAC as a dashed reference.
+    """STFL Fig 8: final-return IQM vs synthetic ratio S per task; SAC as a dashed reference.
 
     `panels[env][family]` holds (S, estimate, variant) points; a family is a variant name without its S.
     """

@@ -8,8 +8,17 @@ Definitions used throughout (also written into summary.md's "Method" section):
 - Per task and variant: IQM over seeds, with a 95% percentile stratified-bootstrap CI (rliable).
 - SAC-normalised score of a seed: its final return divided by the SAC variant's final-return IQM on
   the same task (held fixed in the bootstrap). Tasks where that IQM is not positive are left out.
-  The aggregate per variant is the IQM over all normalised seeds of the tasks it shares with SAC,
-  with a stratified bootstrap (seeds resampled within each task).
+  The aggregate per variant is the IQM of the normalised seeds of the tasks it shares with SAC in
+  which every task weighs the same, whatever its seed count (`stats.task_weighted_iqm`: rliable's
+  runs x tasks matrix, each task's seeds repeated to a common count; no seed is dropped), with a
+  stratified bootstrap (seeds resampled within each task, keeping its count).
+- Model error across variants: `model/pct_error_next_state` (error on s', the same quantity whatever
+  the model's target). `model/pct_error` (error on the state part of the model's own target) is
+  drawn only for residual-target models (target s'-s, as in STFL Figs 6-7), where it means the
+  same thing for every variant drawn.
+- Missing diagnostics (a metric not logged at a step, e.g. `q/mean_synthetic` before the synthetic
+  buffer holds data, or a NaN) are gaps: each step uses the seeds that have a value there, and a
+  step with none is not drawn.
 - Seconds per env step: a run's logged wall-clock time over the env steps it covers (1 /
   `time/env_steps_per_sec`, weighted by interval length), averaged over the variant's run folders
   on the task. One env step steps all seeds of a run folder at once.
@@ -34,16 +43,20 @@ __all__ = ["make_report", "ReportError"]
 
 EVAL = "eval/return"
 SPS = "time/env_steps_per_sec"
-# (file name, title, y label, [(metric, line style, style legend)], log y if the data span this many decades)
+# (file name, title, y label, [(metric, line style, style legend)], log y if the data span this many decades,
+#  only runs whose model predicts this state target (runs.state_target; None: every run))
 DIAGNOSTICS = [
-    ("diag_model_error", "Model error on real data (state part of the model's target)", "model error (%)",
-     [("model/pct_error", "-", None)], 2.0),
+    ("diag_model_error", "Model error on the next state s' (100 ||pred s' - s'|| / ||s'||, same for every target)",
+     "next-state error (% of ||s'||)", [("model/pct_error_next_state", "-", None)], 2.0, None),
+    ("diag_model_error_residual",
+     "Model error on its own target s'-s (residual-target models only, as in STFL Figs 6-7)",
+     "state-change error (% of ||s'-s||)", [("model/pct_error", "-", None)], 2.0, "s'-s"),
     ("diag_q_values", "Critic on real vs synthetic batches", "mean Q-value",
-     [("q/mean_real", "-", "real data"), ("q/mean_synthetic", "--", "synthetic data")], None),
+     [("q/mean_real", "-", "real data"), ("q/mean_synthetic", "--", "synthetic data")], None, None),
     ("diag_rewards", "Rewards in real vs synthetic batches", "mean reward per transition",
-     [("reward/mean_real", "-", "real data"), ("reward/mean_synthetic", "--", "synthetic data")], None),
+     [("reward/mean_real", "-", "real data"), ("reward/mean_synthetic", "--", "synthetic data")], None, None),
     ("diag_model_variance", "Model's predicted variance of the state target", "predicted state variance",
-     [("model/var_state", "-", None)], 2.0),
+     [("model/var_state", "-", None)], 2.0, None),
 ]
 
 
@@ -80,7 +93,7 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
     """
     if reps < 1:
         raise ReportError(f"reps must be a positive integer, got {reps}.")
-    wanted = {EVAL, SPS} | {metric for *_, series, _ in DIAGNOSTICS for metric, _, _ in series}
+    wanted = {EVAL, SPS} | {metric for _, _, _, series, _, _ in DIAGNOSTICS for metric, _, _ in series}
     data = load_runs([Path(d) for d in dirs], metrics=wanted)
     out = Path(out)
     fig_dir = out / "figures"
@@ -109,7 +122,8 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
     data.notes.extend(norm_notes)
     if data.sac_variant and per_task_norm:
         written.append((f"Final return relative to {data.sac_variant} per task (grouped by suite) and aggregated "
-                        "over tasks (IQM of SAC-normalised scores, stratified-bootstrap 95% CI).",
+                        "over tasks (IQM of SAC-normalised scores, every task weighing the same; stratified-bootstrap "
+                        "95% CI).",
                         F.sac_normalised(fig_dir, per_task_norm, aggregate, colours, variants, data.sac_variant)))
 
     # Synthetic-ratio curve.
@@ -119,12 +133,14 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
     written.append((f"Final return vs synthetic ratio S (IQM, 95% CI){sac_caption}.",
                     F.synthetic_ratio(fig_dir, ratio_panels, sac_ref, colours, families, data.sac_variant)))
 
-    # Diagnostics.
-    present = set(m["metric"].unique())
-    for name, title, ylabel, series, log_decades in DIAGNOSTICS:
+    # Diagnostics. A metric a run did not log at a step (or logged as NaN) has no row there: a gap, never a 0.
+    data.notes.extend(_model_error_notes(runs, m))
+    for name, title, ylabel, series, log_decades, target in DIAGNOSTICS:
+        dm = m if target is None else m[m["run"].isin(runs.loc[runs["state_target"] == target, "run"])]
+        present = set(dm["metric"].unique())
         if not any(metric in present for metric, _, _ in series):
             continue
-        panels = {env: [c for metric, ls, _ in series if metric in present for c in _curves(m, env, metric, ls, reps)]
+        panels = {env: [c for metric, ls, _ in series if metric in present for c in _curves(dm, env, metric, ls, reps)]
                   for env in envs}
         styles = [(ls, label) for metric, ls, label in series if label and metric in present]
         written.append((f"{title}: IQM across seeds with 95% bootstrap CIs.",
@@ -240,8 +256,22 @@ def seconds_per_step(m: pd.DataFrame, runs: pd.DataFrame) -> dict[tuple[str, str
     return out
 
 
+def _model_error_notes(runs: pd.DataFrame, m: pd.DataFrame) -> list[str]:
+    """A note for learned-model runs that logged only the own-target error (older runs)."""
+    err = m[m["metric"].isin(["model/pct_error", "model/pct_error_next_state"])]
+    logged = err.groupby("run", observed=True)["metric"].agg(lambda x: set(x.astype(str))).to_dict()
+    old = [r for r in runs.loc[runs["state_target"] != "", "run"]
+           if logged.get(r) == {"model/pct_error"}]
+    if not old:
+        return []
+    return [f"{len(old)} run(s) ({', '.join(f'`{r}`' for r in old[:5])}{', ...' if len(old) > 5 else ''}) logged "
+            "`model/pct_error` but not `model/pct_error_next_state` (written by an older dynalab), so they are "
+            "missing from the next-state model-error figure."]
+
+
 def _curves(m: pd.DataFrame, env: str, metric: str, linestyle: str, reps: int) -> list[F.Curve]:
     g = m[(m["env"] == env) & (m["metric"] == metric)]
+    g = g[np.isfinite(g["value"].to_numpy(dtype=np.float64))]  # NaN = not measured: a gap, not a point
     curves = []
     for variant, gv in g.groupby("variant", observed=True):
         wide = gv.pivot_table(index=["run", "seed"], columns="step", values="value", aggfunc="mean", observed=True)
@@ -300,14 +330,30 @@ def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, varian
                 cells.append("-" if est is None else f"{_pct(est.point)} [{_pct(est.lo)}, {_pct(est.hi)}]")
             rows.append([task_title(env)] + cells)
         tables["normalised"] = Table(["Task"] + norm_variants, rows)
-        rows = []
+        rows, equal, unequal = [], [], []
         for v in norm_variants:
             est = aggregate[v]
-            tasks = [e for e in per_task_norm if v in per_task_norm[e]]
-            seeds = sum(n_seeds[(e, v)] for e in tasks)
-            rows.append([v, _pct(est.point), f"[{_pct(est.lo)}, {_pct(est.hi)}]", str(len(tasks)), str(seeds)])
-        tables["aggregate"] = Table(["Variant", "IQM of SAC-normalised final return", "95% CI", "Tasks", "Seeds"],
-                                    rows)
+            tasks = [e for e in envs if e in per_task_norm and v in per_task_norm[e]]
+            counts = [n_seeds[(e, v)] for e in tasks]
+            if len(set(counts)) == 1:
+                per = str(counts[0])
+                equal.append(f"{v} {counts[0]} x {len(tasks)}")
+            else:
+                per = f"{min(counts)}-{max(counts)} ‡"
+                unequal.append(f"{v} (" + ", ".join(f"{task_title(e)} {n}" for e, n in zip(tasks, counts))
+                               + f"; repeated to {math.lcm(*counts)} per task)")
+            rows.append([v, _pct(est.point), f"[{_pct(est.lo)}, {_pct(est.hi)}]", str(len(tasks)), str(sum(counts)),
+                         per])
+        note = "Every task weighs the same in the aggregate, whatever its seed count."
+        if equal:
+            note += (" Equal counts (seeds x tasks): " + "; ".join(equal) + ": rliable's IQM of that runs x tasks "
+                     "matrix.")
+        if unequal:
+            note += (" ‡ Unequal counts: " + "; ".join(unequal) + ": each seed of a task with n seeds counts 1/n of "
+                     "that task, i.e. rliable's IQM of the runs x tasks matrix with each task's seeds repeated to the "
+                     "least common multiple of the counts. No seed is dropped.")
+        tables["aggregate"] = Table(["Variant", "IQM of SAC-normalised final return", "95% CI", "Tasks", "Seeds",
+                                     "Seeds per task"], rows, note)
 
     if secs:
         rows = []
@@ -351,10 +397,20 @@ def _method(reps: int, data: RunData) -> str:
         "variant pool across run folders; n is the number of seeds. "
         f"**SAC-normalised** score: a seed's final return divided by {sac}'s final-return IQM on the same task "
         "(a fixed divisor in the bootstrap; tasks where it is not positive are left out); per task this is the "
-        f"variant's IQM [CI] divided by {sac}'s IQM; the aggregate is the IQM over all normalised seeds of the tasks "
-        "the variant shares with SAC, with the same stratified bootstrap (seeds resampled within each task). "
+        f"variant's IQM [CI] divided by {sac}'s IQM. The **aggregate** is the IQM of the normalised seeds of the tasks "
+        "the variant shares with SAC, in which every task weighs the same whatever its seed count (rliable's runs x "
+        "tasks convention): with n seeds on every task it is rliable's `aggregate_iqm` of the (n runs x tasks) "
+        "matrix; when tasks have unequal counts, each seed of a task with n seeds counts 1/n of that task, i.e. the "
+        "IQM of the runs x tasks matrix in which each task's seeds are repeated to the least common multiple of the "
+        "counts (no seed is dropped; the aggregate table lists the counts). Its CI uses the same stratified "
+        "bootstrap (seeds resampled within each task, keeping the task's count). "
         "**Training curves** show the IQM across seeds at each evaluation (or logging) step with a 95% bootstrap "
-        "band (whole seeds resampled). "
+        "band (whole seeds resampled); a metric not logged at a step (e.g. `q/mean_synthetic` before the synthetic "
+        "buffer holds data) is a gap there, never a zero. "
+        "**Model error** across variants is `model/pct_error_next_state`, 100 ||predicted s' - s'|| / ||s'|| on real "
+        "data: the same quantity whatever the model's target. The error on the model's own target "
+        "(`model/pct_error`: on s'-s for residual models such as MBPO, on s' for direct ones such as FTFL, so not "
+        "comparable between them) is drawn only for residual-target variants, as in STFL Figs 6-7. "
         "**Seconds per env step**: wall-clock time of a run's logged intervals divided by the environment steps they "
         "cover (1/`time/env_steps_per_sec` weighted by interval length, so it includes warm-up, evaluation and "
         "checkpoints), averaged over the variant's run folders; one env step advances all seeds of a run folder "
@@ -389,7 +445,8 @@ def _summary_md(dirs, runs, tables, figures, reps, data, out: Path) -> str:
         parts += ["## Relative to SAC", "",
                   f"Per task: the variant's final-return IQM [95% CI] as a percentage of {data.sac_variant}'s IQM.",
                   "", tables["normalised"].markdown(), "",
-                  "Aggregate over tasks: IQM of the SAC-normalised final returns of all seeds, stratified bootstrap.",
+                  "Aggregate over tasks: IQM of the SAC-normalised final returns, every task weighing the same "
+                  "whatever its seed count; stratified bootstrap.",
                   "", tables["aggregate"].markdown(), ""]
     else:
         parts += ["## Relative to SAC", "", _no_normalisation(data), ""]
@@ -438,7 +495,8 @@ def _index_html(dirs, runs, tables, figures, reps, data) -> str:
         body.append(f"<h2>Relative to SAC</h2><p>Per task: final-return IQM [95% CI] as a percentage of "
                     f"{html.escape(data.sac_variant)}'s IQM.</p>")
         body.append(tables["normalised"].html())
-        body.append("<p>Aggregate over tasks: IQM of the SAC-normalised final returns, stratified bootstrap.</p>")
+        body.append("<p>Aggregate over tasks: IQM of the SAC-normalised final returns, every task weighing the same "
+                    "whatever its seed count; stratified bootstrap.</p>")
         body.append(tables["aggregate"].html())
     else:
         body.append(f"<h2>Relative to SAC</h2><p>{html.escape(_no_normalisation(data))}</p>")

@@ -47,7 +47,8 @@ DYNA_ONLY = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon
 SHORT_NAMES = {"synthetic_ratio": "S"}
 
 RUN_COLUMNS = ["run", "path", "env", "suite", "task", "algo", "label", "base_variant", "variant", "ratio_group",
-               "synthetic_ratio", "is_sac", "seeds", "program_seeds", "configured_steps", "last_step", "finished"]
+               "synthetic_ratio", "is_sac", "state_target", "seeds", "program_seeds", "configured_steps", "last_step",
+               "finished"]
 METRIC_COLUMNS = ["run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "synthetic_ratio",
                   "seed", "step", "metric", "value"]
 
@@ -215,6 +216,7 @@ def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData
             "label": cfg.label, "base_variant": base,
             "synthetic_ratio": math.nan if cfg.algo == "sac" else float(cfg.synthetic_ratio),
             "is_sac": cfg.algo == "sac" and cfg.label.strip().lower() in ("", "sac"),
+            "state_target": state_target(cfg),
             "seeds": sorted(int(s) for s in m["seed"].unique()), "program_seeds": cfg.seeds,
             "configured_steps": cfg.steps, "last_step": int(m["step"].max()),
             "_settings": _compared_settings(cfg),
@@ -239,6 +241,14 @@ def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData
     for col in ("run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "metric"):
         metrics[col] = metrics[col].astype("category")
     return RunData(runs=run_table, metrics=metrics, sac_variant=sac_variant, notes=notes)
+
+
+def state_target(cfg: TrainConfig) -> str:
+    """What a run's learned model predicts for the state: "s'-s" (residual, MBPO), "s'" (direct, FTFL),
+    or "" (no learned model: SAC, or a perfect model)."""
+    if cfg.algo == "sac" or cfg.perfect_model:
+        return ""
+    return "s'" if cfg.model.direct_next_state else "s'-s"
 
 
 def _display_name(folder: Path, roots: list[Path]) -> str:

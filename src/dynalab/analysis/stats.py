@@ -6,6 +6,14 @@ flattened first, as in rliable's `metrics.aggregate_iqm` (`scipy.stats.trim_mean
 `iqm` computes exactly that number without scipy's per-call overhead (about 0.7 ms, which dominates
 thousands of bootstrap replications); the tests check that the two agree.
 
+Aggregates over tasks weigh every task the same, whatever its number of runs (rliable's runs x tasks
+convention). With equal counts the scores form rliable's (runs, tasks) matrix. With unequal counts
+`task_weighted_iqm` gives each of a task's n_t runs the weight 1/n_t within its task: it is rliable's
+`aggregate_iqm` of the (L, tasks) matrix in which each run of task t appears L/n_t times, L being the
+least common multiple of the counts. No run is dropped, and adding runs to one task that follow
+its existing scores (the same distribution) leaves the aggregate where it was; pooling all scores
+into one trimmed mean would instead let the task with more runs dominate.
+
 Confidence intervals are rliable's percentile stratified bootstrap (`rly.get_interval_estimates`):
 each replication resamples the runs with replacement within every task, and the interval is the
 2.5th and 97.5th percentile of the replicated statistic. rliable 1.2 draws the resampling indices
@@ -17,6 +25,7 @@ the same interval whatever was computed before.
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -48,6 +57,38 @@ def iqm_columns(values: np.ndarray) -> np.ndarray:
     hi = n - lo
     part = np.partition(x, (lo, hi - 1), axis=0)
     return part[lo:hi].mean(axis=0)
+
+
+def task_weighted_iqm(per_task: Sequence[np.ndarray | Sequence[float]]) -> float:
+    """IQM over tasks in which every task weighs the same, whatever its number of runs.
+
+    `per_task` holds one 1-D array of run scores per task (n_t runs for task t, T tasks). The value is
+    rliable's `aggregate_iqm` (a 25% trimmed mean of the flattened matrix) of the (L, T) matrix whose
+    column t holds each of task t's runs L/n_t times, L = lcm(n_1, ..., n_T): cut int(L*T/4) of the
+    L*T entries from each end, average the rest. It is computed from the runs with integer
+    multiplicities, without building that matrix. With equal counts it is `iqm` of the runs.
+    """
+    tasks = [np.asarray(s, dtype=np.float64).ravel() for s in per_task]
+    if not tasks or any(len(t) == 0 for t in tasks):
+        raise ValueError("every task needs at least one score.")
+    counts = [len(t) for t in tasks]
+    if len(set(counts)) == 1:
+        return iqm(np.concatenate(tasks))
+    lcm = math.lcm(*counts)
+    total = lcm * len(tasks)
+    cut = int(TRIM * total)  # == total // 4, exact for any size
+    values = np.concatenate(tasks)
+    if total < 2**52:  # integer multiplicities, exact in float64
+        weights = np.concatenate([np.full(n, float(lcm // n)) for n in counts])
+        lo, hi = float(cut), float(total - cut)
+    else:  # astronomically many tasks x distinct counts: the same weights, normalised
+        weights = np.concatenate([np.full(n, 1.0 / (len(tasks) * n)) for n in counts])
+        lo, hi = cut / total, (total - cut) / total
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    upper = np.cumsum(w)
+    kept = np.clip(np.minimum(upper, hi) - np.maximum(upper - w, lo), 0.0, None)
+    return float(kept @ v / kept.sum())
 
 
 @contextlib.contextmanager
@@ -86,17 +127,18 @@ def iqm_with_ci(
 ) -> tuple[float, float, float]:
     """(IQM, CI low, CI high) of final scores with a percentile stratified-bootstrap CI.
 
-    `scores` is a (runs, tasks) matrix, or a list with one 1-D array of run scores per task
-    (tasks may then have different numbers of runs: rliable resamples each task's runs
-    independently, which is the same stratified bootstrap). The IQM pools all scores.
+    `scores` is a (runs, tasks) matrix, or a list with one 1-D array of run scores per task.
+    With equal run counts the IQM is rliable's `aggregate_iqm` of the matrix; with unequal counts
+    it is `task_weighted_iqm` (every task weighs the same). Either way rliable resamples each
+    task's runs within that task, keeping its count (stratified bootstrap).
     """
     data = _check_scores(scores)
     if isinstance(data, np.ndarray):
         func = lambda x: np.array([iqm(x)])  # noqa: E731
         point = iqm(data)
     else:
-        func = lambda *xs: np.array([iqm(np.concatenate(xs))])  # noqa: E731
-        point = iqm(np.concatenate(data))
+        func = lambda *xs: np.array([task_weighted_iqm(xs)])  # noqa: E731
+        point = task_weighted_iqm(data)
     with seeded_global_rng(seed):
         _, ci = rly.get_interval_estimates({"x": data}, func, reps=reps, confidence_interval_size=size)
     lo, hi = np.asarray(ci["x"], dtype=np.float64).reshape(2)

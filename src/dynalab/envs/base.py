@@ -25,7 +25,11 @@ class Env(Protocol):
         ...
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
-        """Apply an action in [-1, 1]; return (obs, reward, terminated, truncated)."""
+        """Apply an action in [-1, 1]; return (obs, reward, terminated, truncated).
+
+        Raises SimulatorDiverged if the physics diverged during the step (the episode
+        is then over), RuntimeError(EPISODE_OVER) if called after the episode ended.
+        """
         ...
 
     def get_state(self) -> np.ndarray:
@@ -128,3 +132,45 @@ def check_snapshot_id(snap: dict[str, np.ndarray], env_id: str) -> None:
 
 
 EPISODE_OVER = "step() was called after the episode ended; call reset() or set_state() first."
+
+
+class SimulatorDiverged(RuntimeError):
+    """The physics became invalid during the step that raises it, so that step has no transition.
+
+    Raised by an adapter's `step` when MuJoCo met a NaN, an infinity or a magnitude
+    beyond mjMAXVAL (1e10) in the positions, velocities or accelerations (for dm_control
+    tasks: whenever dm_control raises PhysicsError, i.e. on any new MuJoCo warning).
+    On such a bad value MuJoCo resets mjData in the middle of the step, so what the
+    simulator shows afterwards (Gymnasium's observation, reward and flags) is a
+    teleported state, not the consequence of the action. The adapter discards it and
+    ends the episode: the next `step` raises RuntimeError(EPISODE_OVER) until `reset()`
+    or `set_state()`. The message names the task and the warning(s).
+    """
+
+
+# MuJoCo's checks that reset mjData on a bad state (mj_checkPos, mj_checkVel, mj_checkAcc).
+BAD_STATE_WARNINGS: tuple[mujoco.mjtWarning, ...] = (
+    mujoco.mjtWarning.mjWARN_BADQPOS,
+    mujoco.mjtWarning.mjWARN_BADQVEL,
+    mujoco.mjtWarning.mjWARN_BADQACC,
+)
+
+
+def clear_warnings(data: mujoco.MjData) -> None:
+    """Zero MuJoCo's warning counters before a step, so any count after it is new.
+
+    On a bad state MuJoCo clears every counter (mj_resetData) and then counts that one
+    warning once, so a counter already at 1 or more could end a diverged step unchanged
+    and a before/after comparison would miss it. The counters are diagnostics only:
+    no dynamics read them, and they are not part of any state vector or snapshot.
+    """
+    data.warning.number[:] = 0
+
+
+def warning_names(data: mujoco.MjData, warnings: tuple[mujoco.mjtWarning, ...]) -> list[str]:
+    """Names of the `warnings` whose counters are non-zero, e.g. ['mjWARN_BADQVEL (DOF 0)']."""
+    return [
+        f"{w.name} (DOF {int(data.warning[int(w)].lastinfo)})"
+        for w in warnings
+        if data.warning[int(w)].number > 0
+    ]

@@ -7,25 +7,35 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dynalab.envs.base import SimulatorDiverged
 from dynalab.envs.registry import make_env
 from dynalab.types import EnvSpec
 
 
 @dataclass(frozen=True)
 class StepResult:
-    """One batched step; episode_* are NaN / 0 where no episode ended."""
+    """One batched step; episode_* are NaN / 0 where no episode ended.
+
+    A row with `diverged` True has no transition: its simulator diverged during the step
+    (the adapter raised SimulatorDiverged), and that env was reset. Its `next_obs` is a
+    placeholder, the observation the step started from, and must never be stored in a
+    buffer; its reward is 0.0, terminated and truncated are False, episode_return is NaN
+    and episode_length 0 (the cut-short episode is not reported as a finished one), and
+    `obs` is the new episode's first observation.
+    """
 
     obs: np.ndarray  # (N, obs_dim) float32: what to act on next (reset obs after an end)
-    next_obs: np.ndarray  # (N, obs_dim) float32: the transition's true s'
+    next_obs: np.ndarray  # (N, obs_dim) float32: the transition's true s' (placeholder if diverged)
     reward: np.ndarray  # (N,) float32
     terminated: np.ndarray  # (N,) bool
     truncated: np.ndarray  # (N,) bool
     episode_return: np.ndarray  # (N,) float64
     episode_length: np.ndarray  # (N,) int64
+    diverged: np.ndarray  # (N,) bool: the simulator diverged; the row is no transition
 
 
 class BatchEnv:
-    """One env per seed, stepped in a Python loop; finished episodes reset at once."""
+    """One env per seed, stepped in a Python loop; finished or diverged episodes reset at once."""
 
     def __init__(self, env_id: str, seeds: Sequence[int]) -> None:
         if len(seeds) == 0:
@@ -35,6 +45,8 @@ class BatchEnv:
         self.num_envs = len(self._envs)
         self._returns = np.zeros(self.num_envs, dtype=np.float64)
         self._lengths = np.zeros(self.num_envs, dtype=np.int64)
+        # What each env will act on next: a diverged step reports it as its placeholder next_obs.
+        self._obs = np.zeros((self.num_envs, self.spec.obs_dim), dtype=np.float32)
         self._started = False
 
     def reset(self) -> np.ndarray:
@@ -42,10 +54,15 @@ class BatchEnv:
         self._returns[:] = 0.0
         self._lengths[:] = 0
         self._started = True
-        return np.stack([env.reset() for env in self._envs])
+        self._obs = np.stack([env.reset() for env in self._envs])
+        return self._obs.copy()
 
     def step(self, actions: np.ndarray) -> StepResult:
-        """Step every env with its row of `actions` (N, action_dim) in [-1, 1]."""
+        """Step every env with its row of `actions` (N, action_dim) in [-1, 1].
+
+        An env whose simulator diverges is reset and flagged in `StepResult.diverged`
+        (see StepResult); the others are unaffected.
+        """
         if not self._started:
             raise RuntimeError("BatchEnv.step() was called before reset(); call reset() first.")
         actions = np.asarray(actions)
@@ -62,8 +79,18 @@ class BatchEnv:
         truncated = np.zeros(n, dtype=bool)
         episode_return = np.full(n, np.nan, dtype=np.float64)
         episode_length = np.zeros(n, dtype=np.int64)
+        diverged = np.zeros(n, dtype=bool)
         for i, env in enumerate(self._envs):
-            o, r, term, trunc = env.step(actions[i])
+            try:
+                o, r, term, trunc = env.step(actions[i])
+            except SimulatorDiverged:
+                # Nothing of this step is a transition; the episode ends unreported.
+                diverged[i] = True
+                next_obs[i], reward[i] = self._obs[i], 0.0
+                self._returns[i] = 0.0
+                self._lengths[i] = 0
+                obs[i] = env.reset()
+                continue
             next_obs[i], reward[i], terminated[i], truncated[i] = o, r, term, trunc
             self._returns[i] += r  # float64 sum of the float rewards, not the float32 copies
             self._lengths[i] += 1
@@ -75,8 +102,9 @@ class BatchEnv:
                 obs[i] = env.reset()
             else:
                 obs[i] = o
+        self._obs = obs.copy()
         return StepResult(
-            obs, next_obs, reward, terminated, truncated, episode_return, episode_length
+            obs, next_obs, reward, terminated, truncated, episode_return, episode_length, diverged
         )
 
     def get_states(self) -> np.ndarray:
@@ -89,6 +117,7 @@ class BatchEnv:
             "num_envs": np.asarray(self.num_envs, dtype=np.int64),
             "returns": self._returns.copy(),
             "lengths": self._lengths.copy(),
+            "obs": self._obs.copy(),
             "started": np.asarray(self._started),
         }
         for i, env in enumerate(self._envs):
@@ -109,6 +138,10 @@ class BatchEnv:
             env.restore({k[len(prefix) :]: v for k, v in snap.items() if k.startswith(prefix)})
         self._returns[:] = snap["returns"]
         self._lengths[:] = snap["lengths"]
+        # Snapshots from before divergence handling lack it. It is only ever a placeholder,
+        # so any finite value will do until the next step replaces it (NaN would trip the
+        # trainer's non-finite guard).
+        self._obs = np.asarray(snap.get("obs", np.zeros_like(self._obs)), dtype=np.float32)
         self._started = bool(snap["started"])
 
     def close(self) -> None:

@@ -8,14 +8,17 @@ import math
 import mujoco
 import numpy as np
 from dm_control import suite
+from dm_control.rl.control import PhysicsError
 
 from dynalab.envs import mjstate
 from dynalab.envs.base import (
     EPISODE_OVER,
     ActionScaler,
     MujocoHandles,
+    SimulatorDiverged,
     check_snapshot_id,
     check_state,
+    clear_warnings,
 )
 from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
 from dynalab.types import EnvSpec
@@ -93,10 +96,28 @@ class DMCEnv(MujocoHandles):
         return flatten_obs(timestep.observation)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Apply `action` (action_dim,) in [-1, 1]; return (obs, reward, terminated, truncated).
+
+        Raises SimulatorDiverged (and ends the episode) if the physics diverged during
+        the step, RuntimeError(EPISODE_OVER) if the episode had already ended.
+        """
         # dm_control silently resets when stepped after the last step.
         if self._episode_over:
             raise RuntimeError(EPISODE_OVER)
-        timestep = self._env.step(self._scaler(action))
+        # dm_control raises PhysicsError only when a warning counter grows during the
+        # step, and MuJoCo's reset on a bad state can leave a counter where it was.
+        clear_warnings(self._data)
+        try:
+            timestep = self._env.step(self._scaler(action))
+        except PhysicsError as e:
+            # The physics is invalid (on a NaN, Inf or huge value MuJoCo has also reset
+            # mjData mid-step). dm_control's step counter and reset flag were not
+            # advanced, so only our flag marks the episode over.
+            self._episode_over = True
+            raise SimulatorDiverged(
+                f"{self.spec.env_id}: the simulation diverged during this step "
+                f"(dm_control: {e}); the step's outcome was discarded and the episode ended."
+            ) from e
         terminated = truncated = False
         if timestep.last():
             terminated = float(timestep.discount) == 0.0

@@ -10,13 +10,17 @@ import numpy as np
 
 from dynalab.envs import mjstate
 from dynalab.envs.base import (
+    BAD_STATE_WARNINGS,
     EPISODE_OVER,
     ActionScaler,
     MujocoHandles,
+    SimulatorDiverged,
     check_snapshot_id,
     check_state,
+    clear_warnings,
     get_optional_int,
     put_optional_int,
+    warning_names,
 )
 from dynalab.types import EnvSpec
 
@@ -71,10 +75,29 @@ class GymEnv(MujocoHandles):
         return np.asarray(obs, dtype=np.float32).ravel()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Apply `action` (action_dim,) in [-1, 1]; return (obs, reward, terminated, truncated).
+
+        Raises SimulatorDiverged (and ends the episode) if the physics diverged during
+        the step, RuntimeError(EPISODE_OVER) if the episode had already ended.
+        """
         if self._episode_over:
             raise RuntimeError(EPISODE_OVER)
         ctrl = self._scaler(action).astype(self._action_dtype)
+        clear_warnings(self._data)
         obs, reward, terminated, truncated, _ = self._env.step(ctrl)
+        # On a bad state MuJoCo resets mjData in the middle of the step and Gymnasium
+        # reports the reset pose as the outcome, with no flag; the warning counters
+        # are the only trace it leaves.
+        bad = warning_names(self._data, BAD_STATE_WARNINGS)
+        if not (np.isfinite(self._data.qpos).all() and np.isfinite(self._data.qvel).all()):
+            bad.append("non-finite qpos or qvel")
+        if bad:
+            self._episode_over = True
+            raise SimulatorDiverged(
+                f"{self.spec.env_id}: the simulation diverged during this step ({', '.join(bad)}: "
+                "a NaN, Inf or value beyond 1e10); MuJoCo reset the simulator mid-step, so the "
+                "step's outcome was discarded and the episode ended."
+            )
         self._episode_over = bool(terminated or truncated)
         return (
             np.asarray(obs, dtype=np.float32).ravel(),

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import difflib
 import functools
+import gc
+import os
+import sys
+import warnings
 
 from dynalab.envs.base import Env
 from dynalab.types import EnvSpec
@@ -39,9 +43,24 @@ DMC15: tuple[str, ...] = (
 # Gymnasium refuses to build these with the MuJoCo we require (>=3).
 _UNBUILDABLE_GYM = frozenset({"Pusher-v4"})
 
+# Tasks that only build where dm_control can open an OpenGL rendering context, and why.
+# Building every listed id once (with MUJOCO_GL unset and no display) found only this one.
+_NEEDS_RENDERING = {
+    "dmc:quadruped-escape": "dm_control uploads its random terrain (a heightfield) to an OpenGL "
+    "rendering context at every reset",
+}
+
 
 class UnknownEnvError(ValueError):
     """Raised for an env id that names no supported task."""
+
+
+class UnavailableEnvError(UnknownEnvError):
+    """Raised for a task of the suites that cannot be built in this process (see its message).
+
+    A subclass of UnknownEnvError so that every entry point that reports an unusable id
+    in one line reports this one too.
+    """
 
 
 @functools.cache
@@ -72,9 +91,60 @@ def _all_ids() -> tuple[str, ...]:
     return GYM6 + DMC15 + tuple(sorted(others - known))
 
 
+@functools.cache
+def _rendering_error() -> str | None:
+    """Why dm_control cannot open a rendering context in this process, or None if it can.
+
+    Tries what dm_control does for a task that renders: an OpenGL context (backend from
+    MUJOCO_GL) and a MuJoCo rendering context on it, for an empty model (~0.3 s with EGL).
+    """
+    from dm_control import mujoco as dm_mujoco
+
+    physics = dm_mujoco.Physics.from_xml_string("<mujoco/>")
+    # A failed attempt warns (GLFW) and leaves a half-built MjrContext whose __del__
+    # complains on stderr; the answer is all we need.
+    hook, sys.unraisablehook = sys.unraisablehook, lambda *_: None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            physics.contexts  # noqa: B018 (the property builds the contexts)
+        return None
+    except Exception as e:  # whatever the backend raises: RuntimeError, mujoco.FatalError, ...
+        reason = str(e).splitlines()[0].rstrip(".") if str(e) else ""
+        return f"{type(e).__name__}: {reason}"
+    finally:
+        physics.free()
+        gc.collect()
+        sys.unraisablehook = hook
+
+
+def _unavailable(env_id: str) -> UnavailableEnvError | None:
+    """The error for `env_id` if it cannot be built in this process, else None."""
+    why = _NEEDS_RENDERING.get(env_id)
+    if why is None:
+        return None
+    error = _rendering_error()
+    if error is None:
+        return None
+    backend = os.environ.get("MUJOCO_GL", "unset")
+    return UnavailableEnvError(
+        f"{env_id} cannot be built here: {why}, and no OpenGL backend works in this process "
+        f"(MUJOCO_GL={backend}; {error}); install EGL or OSMesa and set MUJOCO_GL=egl or "
+        "MUJOCO_GL=osmesa (or glfw with a display), or choose another task from 'dynalab envs'."
+    )
+
+
+def is_known_id(env_id: str) -> bool:
+    """Whether `env_id` names a task of the suites, buildable in this process or not."""
+    return env_id in _all_ids()
+
+
 def list_envs() -> list[str]:
-    """Every supported id: GYM6, then DMC15, then the rest sorted."""
-    return list(_all_ids())
+    """Every id that can be built in this process: GYM6, then DMC15, then the rest sorted.
+
+    Tasks that need an OpenGL rendering backend are left out where none works.
+    """
+    return [env_id for env_id in _all_ids() if _unavailable(env_id) is None]
 
 
 def _unknown(env_id: str) -> UnknownEnvError:
@@ -88,7 +158,14 @@ def _unknown(env_id: str) -> UnknownEnvError:
 
 
 def make_env(env_id: str, seed: int) -> Env:
-    """Build a deterministic env for `env_id`, seeded by `seed`."""
+    """Build a deterministic env for `env_id`, seeded by `seed`.
+
+    Raises UnknownEnvError for an id that names no task, and its subclass
+    UnavailableEnvError for a task that cannot be built in this process.
+    """
+    unavailable = _unavailable(env_id)
+    if unavailable is not None:
+        raise unavailable
     backend, _, name = env_id.partition(":")
     if backend == "gym" and name in _gym_names():
         from dynalab.envs.gym import GymEnv

@@ -31,6 +31,9 @@ Humanoid-v5 (348)             obs = qpos[2:24] ++ qvel ++ cinert ++ cvel ++ ... 
 InvertedPendulum-v5 (4)       obs = qpos(2) ++ qvel(2). Any obs non-finite, or
                               |obs[1]| (pole hinge angle) > 0.2
 HalfCheetah-v5                never
+Swimmer, Reacher, Pusher,     never: their step() returns terminated=False
+HumanoidStandup (-v4, -v5),   unconditionally (Pusher-v4 cannot be built with
+HalfCheetah-v4                MuJoCo >= 3, see registry.py)
 dmc:<domain>-<task>           never, except dmc:lqr-* (below)
 dmc:lqr-lqr_2_1, lqr_6_2      obs = qpos ++ qvel = physics.state(); terminates when
                               ||state|| < 1e-6 (LQRLevel.get_termination)
@@ -121,6 +124,15 @@ _GYM: dict[str, tuple[Callable[[jax.Array], jax.Array], int | None]] = {
     "gym:Humanoid-v5": (_humanoid, 348),
     "gym:InvertedPendulum-v5": (_inverted_pendulum, 4),
     "gym:HalfCheetah-v5": (_never, 17),
+    # Gym tasks outside Gym6 that never terminate.
+    "gym:HalfCheetah-v4": (_never, 17),
+    "gym:Swimmer-v4": (_never, 8),
+    "gym:Swimmer-v5": (_never, 8),
+    "gym:Reacher-v4": (_never, 11),
+    "gym:Reacher-v5": (_never, 10),
+    "gym:Pusher-v5": (_never, 23),
+    "gym:HumanoidStandup-v4": (_never, 376),
+    "gym:HumanoidStandup-v5": (_never, 348),
 }
 _LQR_DOMAIN = "lqr"
 
@@ -128,9 +140,10 @@ _LQR_DOMAIN = "lqr"
 def _is_dmc_task(env_id: str) -> bool:
     if not env_id.startswith("dmc:"):
         return False
-    from dynalab.envs.registry import list_envs
+    # Not list_envs(): that would probe for a rendering backend just to answer this.
+    from dynalab.envs.registry import is_known_id
 
-    return env_id in list_envs()
+    return is_known_id(env_id)
 
 
 def has_termination_fn(env_id: str) -> bool:

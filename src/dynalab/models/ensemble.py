@@ -18,16 +18,16 @@ normalisation) and original units otherwise (`target_norm` is then the identity)
 `sample_step` and `diagnostics` always return original units. Holdout MSEs (`holdout_mse`,
 `model/holdout_loss`) are in training space, the space the elites are chosen in.
 
-Holdout split: buffer slot i is held out iff i % k == k - 1 with k = round(1 / holdout_ratio)
-(every 5th slot for 0.2). The split depends only on the slot, so it is shape-static under jit
-with a dynamic `size`, and a transition stays on the same side for its whole life in the ring
-buffer: the holdout set is never trained on, also across refits (MBPO re-splits at random at
-every refit of a model that keeps training, so its holdout points were usually trained on
-before). Training minibatches draw uniformly (with replacement) from the training slots of the
-filled part; each member draws its own indices. Holdout MSE uses all holdout slots of the
-filled part when there are at most `max_holdout` of them (as MBPO, which caps its holdout set at
-5000), else `max_holdout` of them drawn uniformly with replacement, fixed for one refit. With
-fewer than k filled slots there is no holdout slot yet and the training slots stand in.
+Holdout split: drawn afresh at every refit, as in MBPO and the STFL authors' code. The filled
+slots are put in a random order; the first floor(holdout_ratio * size) of them are held out
+for that refit and the rest train (so over many refits every transition trains the model). The
+input normaliser (and, with target_norm, the target normaliser) is computed from the training
+part only. The holdout MSE that picks the elites (and drives early stopping) is computed on at
+most `max_holdout` of the held-out transitions, a uniform subset without replacement (the STFL
+code validates on 50,000 draws, our default; MBPO's cap of 5,000 is `max_holdout=5000`). With
+fewer than 1 / holdout_ratio filled slots nothing is held out and the training slots stand in.
+Training minibatches draw uniformly (with replacement) from the training part; each member
+draws its own indices. Everything is shape-static under jit with a dynamic `size`.
 
 `cfg` is a frozen (hashable) dataclass: jit with `static_argnums=0` (or close over it).
 """
@@ -71,8 +71,8 @@ class ModelConfig:
     batch_size: int = 256  # per member
     weight_decay: tuple[float, ...] | None = None  # per layer, depth + 1; None -> MBPO's
     refit_steps: int = 5000  # gradient steps per refit (the cap, with early stopping)
-    holdout_ratio: float = 0.2
-    max_holdout: int = 5000
+    holdout_ratio: float = 0.2  # fraction of the real data held out at each refit (fresh split)
+    max_holdout: int = 50_000  # held-out transitions scored per refit (STFL code 50,000; MBPO 5,000)
     early_stopping: bool = False
     early_stopping_eval_every: int = 250  # steps per "epoch" (holdout evaluation)
     early_stopping_patience: int = 5  # MBPO's max_epochs_since_update
@@ -110,23 +110,14 @@ def weight_decays(cfg: ModelConfig) -> tuple[float, ...]:
     return hidden[: cfg.depth] + (1e-4,)
 
 
-def holdout_every(cfg: ModelConfig) -> int:
-    """k: every k-th buffer slot is held out (k = round(1 / holdout_ratio))."""
-    if not 0.0 < cfg.holdout_ratio < 1.0:
-        raise ValueError(f"holdout_ratio must be in (0, 1), got {cfg.holdout_ratio}")
-    k = round(1.0 / cfg.holdout_ratio)
-    if k < 2:
-        raise ValueError(f"holdout_ratio {cfg.holdout_ratio} leaves no training slots")
-    return k
-
-
 def _check(cfg: ModelConfig) -> None:
     if not 0 < cfg.num_elites <= cfg.ensemble_size:
         raise ValueError(f"need 0 < num_elites <= ensemble_size, got {cfg.num_elites}, {cfg.ensemble_size}")
     if cfg.early_stopping and cfg.refit_steps % cfg.early_stopping_eval_every:
         raise ValueError("with early_stopping, refit_steps must be a multiple of early_stopping_eval_every")
     weight_decays(cfg)
-    holdout_every(cfg)
+    if not 0.0 < cfg.holdout_ratio < 1.0:
+        raise ValueError(f"holdout_ratio must be in (0, 1), got {cfg.holdout_ratio}")
 
 
 def make_optimizer(cfg: ModelConfig) -> optax.GradientTransformation:
@@ -227,6 +218,11 @@ def init(key: jax.Array, obs_dim: int, action_dim: int, cfg: ModelConfig) -> Ens
     )
 
 
+def is_fitted(state: EnsembleState) -> jax.Array:
+    """Whether the current parameters have been through `fit` (False after `init` and `reset`)."""
+    return jnp.all(state.holdout_mse < UNFITTED)
+
+
 def reset(cfg: ModelConfig, state: EnsembleState, key: jax.Array) -> EnsembleState:
     """Fresh params and optimiser from `key`; normalisers kept; elites and holdout MSEs
     forgotten (members 0..num_elites-1, inf), since they described the old params."""
@@ -260,42 +256,55 @@ def split_prediction(cfg: ModelConfig, obs: jax.Array, y: jax.Array) -> tuple[ja
 # --- data split and sampling ----------------------------------------------------------
 
 
-def split_sizes(size: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """(n_train, n_holdout) among the filled slots [0, size) when every k-th slot is held out."""
-    n_hold = size // k
-    return size - n_hold, n_hold
+class Split(struct.PyTreeNode):
+    """One refit's random split of a buffer's filled slots (see the module docstring).
+
+    order: (capacity,) int32, the filled slots in random order first, then the empty ones;
+    n_holdout, n_train: int32 scalars; the holdout part is order[:n_holdout], the training
+    part order[n_holdout:n_holdout + n_train] (all filled slots when n_holdout is 0).
+    """
+
+    order: jax.Array
+    n_holdout: jax.Array
+    n_train: jax.Array
 
 
-def train_slot(j: jax.Array, k: int) -> jax.Array:
-    """The j-th training slot (slots with i % k != k - 1, in increasing order)."""
-    return (j // (k - 1)) * k + j % (k - 1)
+def random_split(key: jax.Array, size: jax.Array, capacity: int, holdout_ratio: float) -> Split:
+    """A fresh uniformly random split of the filled slots [0, size) of a `capacity` buffer."""
+    filled = jnp.arange(capacity) < size
+    order = jnp.argsort(jnp.where(filled, jax.random.uniform(key, (capacity,)), 2.0)).astype(jnp.int32)
+    n_hold = jnp.floor(size.astype(jnp.float32) * holdout_ratio).astype(jnp.int32)
+    return Split(order=order, n_holdout=n_hold, n_train=size - n_hold)
 
 
-def holdout_slot(j: jax.Array, k: int) -> jax.Array:
-    """The j-th holdout slot (slots with i % k == k - 1)."""
-    return j * k + (k - 1)
+def train_mask(split: Split) -> jax.Array:
+    """(capacity,) bool: True at the slots of the training part."""
+    rank = jnp.arange(split.order.shape[0])
+    in_train = (rank >= split.n_holdout) & (rank < split.n_holdout + split.n_train)
+    return jnp.zeros(split.order.shape, bool).at[split.order].set(in_train)
 
 
-def sample_train_indices(key: jax.Array, size: jax.Array, shape: tuple[int, ...], k: int) -> jax.Array:
-    """Buffer slots, uniform with replacement over the training slots of [0, size).
+def sample_train_indices(key: jax.Array, split: Split, shape: tuple[int, ...]) -> jax.Array:
+    """Buffer slots, uniform with replacement over the training part of `split`.
 
     Shape (ensemble_size, batch_size) gives every member its own, independent minibatch.
     """
-    n_train, _ = split_sizes(size, k)
-    j = jax.random.randint(key, shape, 0, jnp.maximum(n_train, 1))
-    return train_slot(j, k)
+    j = jax.random.randint(key, shape, 0, jnp.maximum(split.n_train, 1))
+    return split.order[split.n_holdout + j]
 
 
-def holdout_indices(key: jax.Array, size: jax.Array, max_holdout: int, k: int) -> tuple[jax.Array, jax.Array]:
-    """(slots, mask), both (max_holdout,): the holdout set of one refit (see module docstring)."""
-    n_train, n_hold = split_sizes(size, k)
-    use_hold = n_hold > 0
-    n = jnp.where(use_hold, n_hold, n_train)
-    arange = jnp.arange(max_holdout)
-    j = jnp.where(n <= max_holdout, arange, jax.random.randint(key, (max_holdout,), 0, jnp.maximum(n, 1)))
-    mask = arange < n
-    j = jnp.where(mask, j, 0)  # padding rows point at a valid slot; the mask drops them
-    return jnp.where(use_hold, holdout_slot(j, k), train_slot(j, k)), mask
+def holdout_indices(split: Split, max_holdout: int) -> tuple[jax.Array, jax.Array]:
+    """(slots, mask), both (min(max_holdout, capacity),): the transitions scored in this refit.
+
+    The first min(n_holdout, max_holdout) held-out slots (a uniform random subset, since the
+    order is random); with nothing held out, the first min(size, max_holdout) training slots.
+    """
+    n = min(max_holdout, split.order.shape[0])
+    use_hold = split.n_holdout > 0
+    count = jnp.where(use_hold, jnp.minimum(split.n_holdout, n), jnp.minimum(split.n_train, n))
+    arange = jnp.arange(n)
+    mask = arange < count
+    return split.order[jnp.where(mask, arange, 0)], mask
 
 
 def track_best(
@@ -319,7 +328,8 @@ def fit(
 ) -> tuple[EnsembleState, dict[str, jax.Array]]:
     """One refit on the filled part of `buffer` (its `data` a Transition).
 
-    1. both normalisers from the filled slots (inputs always; targets if cfg.target_norm);
+    0. a fresh random holdout split of the filled slots (module docstring);
+    1. both normalisers from the training part (inputs always; targets if cfg.target_norm);
     2. `refit_steps` Adam steps on per-member minibatches of training slots, continuing from
        the current params and optimiser state (MBPO keeps training the same networks);
        with `early_stopping`, MBPO's rule: evaluate the holdout MSE every `eval_every` steps,
@@ -336,13 +346,13 @@ def fit(
     `refit_steps=0` only refreshes normalisers, holdout MSEs and elites.
     """
     _check(cfg)
-    k = holdout_every(cfg)
     data: Transition = buffer.data
-    size = buffer.size
-    filled = jnp.arange(capacity(buffer)) < size
-    input_norm = nz.concat(nz.from_data(data.obs, filled), nz.from_data(data.action, filled))
+    split_key, train_key = jax.random.split(key)
+    split = random_split(split_key, buffer.size, capacity(buffer), cfg.holdout_ratio)
+    training = train_mask(split)
+    input_norm = nz.concat(nz.from_data(data.obs, training), nz.from_data(data.action, training))
     out_dim = data.obs.shape[-1] + 1
-    target_norm = nz.from_data(targets(cfg, data), filled) if cfg.target_norm else nz.identity(out_dim)
+    target_norm = nz.from_data(targets(cfg, data), training) if cfg.target_norm else nz.identity(out_dim)
 
     def batch_xy(idx: jax.Array) -> tuple[jax.Array, jax.Array]:
         t = Transition(obs=data.obs[idx], action=data.action[idx], reward=data.reward[idx],
@@ -350,8 +360,7 @@ def fit(
         x = nz.normalize(input_norm, jnp.concatenate([t.obs, t.action], axis=-1))
         return x, nz.normalize(target_norm, targets(cfg, t))
 
-    hold_key, train_key = jax.random.split(key)
-    hold_idx, hold_mask = holdout_indices(hold_key, size, cfg.max_holdout, k)
+    hold_idx, hold_mask = holdout_indices(split, cfg.max_holdout)
     hold_x, hold_y = batch_xy(hold_idx)
     hold_w = hold_mask.astype(jnp.float32) / jnp.maximum(hold_mask.sum(), 1)
 
@@ -365,8 +374,7 @@ def fit(
     def train_step(carry, step):
         params, opt_state = carry
         # Keyed by the global step, so the draws do not depend on how steps are chunked.
-        idx = sample_train_indices(jax.random.fold_in(train_key, step), size,
-                                   (cfg.ensemble_size, cfg.batch_size), k)  # fmt: skip
+        idx = sample_train_indices(jax.random.fold_in(train_key, step), split, (cfg.ensemble_size, cfg.batch_size))
         (loss, aux), grads = loss_fn(params, *batch_xy(idx))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, aux["mse"].mean())
