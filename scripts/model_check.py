@@ -1,7 +1,7 @@
 """Model check (issue 3): MBPO's model vs FTFL's on a fixed dataset of real transitions.
 
 Collects real `dmc:humanoid-stand` transitions (uniform-random actions: the data every run
-starts from), fits the seed-000 MBPO model (residual targets, no target normalisation) and the
+starts from), fits the STFL MBPO model (residual targets, no target normalisation) and the
 FTFL model (target unit normalisation + direct next-state prediction) with the same training
 budget on the same data, and reports held-out reward and next-state errors.
 

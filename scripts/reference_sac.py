@@ -11,7 +11,7 @@ a dynalab bug. It needs its own environment, since torch is not a dynalab depend
     /tmp/sb3/bin/python scripts/reference_sac.py --env gym:InvertedPendulum-v5 --steps 10000 \
         --seeds 0 1 --out results/reference/sb3-sac-rr1-inverted-pendulum.json
 
-Settings (seed 000 Table 1 plus the check's): Adam lr 3e-4 and eps 1.5e-4 for actor, critics
+Settings (STFL Table 1 plus the check's): Adam lr 3e-4 and eps 1.5e-4 for actor, critics
 and temperature; 2x256 ReLU; batch 256; gamma 0.99; tau 0.005; initial temperature 1; target
 entropy -|A|/2; uniform random actions for the warm-up; one gradient step per env step; every
 1,000 steps the deterministic policy's mean return over `--eval-episodes` separate episodes.

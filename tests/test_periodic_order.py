@@ -20,11 +20,11 @@ SAC = default_config(
     "sac", env="gym:InvertedPendulum-v5", steps=240, warmup_steps=60, replay_ratio=2, batch_size=32,
     eval_every=60, eval_episodes=2, log_every=60, sac=SACConfig(hidden=(32, 32)),
 )
-# Warm-up (100), refit (60) and model reset (70) intervals that never line up.
+# Warm-up (100), refit (150) and model reset (70) intervals that never line up.
 MBPO = default_config(
     "mbpo", env="gym:InvertedPendulum-v5", steps=240, warmup_steps=100, replay_ratio=2, batch_size=32,
     eval_every=120, eval_episodes=2, log_every=60, rollouts_per_step=8, synthetic_retain_steps=50,
-    model_refit_every=60, sac=SACConfig(hidden=(32, 32)),
+    model_refit_every=150, sac=SACConfig(hidden=(32, 32)),
     model=ModelConfig(width=16, depth=2, refit_steps=20, batch_size=32, max_holdout=64),
 )
 
@@ -53,7 +53,7 @@ def test_nothing_resets_on_the_last_step(tmp_path):
 
 
 @pytest.mark.parametrize("changes", [
-    {},  # warm-up 100 with refits every 60: the first multiple after warm-up would be 120
+    {},  # warm-up 100 with refits every 150: the first multiple after warm-up would be 150
     {"reset_model_every": 70},  # a reset between refits
     {"warmup_steps": 0, "steps": 130},  # no warm-up at all
 ])

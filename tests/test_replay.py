@@ -131,3 +131,14 @@ def test_add_masked_packs_only_selected_items_and_wraps():
     none = add_masked(buf, items, jnp.zeros(4, bool))
     np.testing.assert_array_equal(none.data, buf.data)
     assert int(none.position) == 3 and int(none.size) == 3
+
+
+def test_sample_recent_draws_only_the_newest_window_of_a_wrapped_ring():
+    from dynalab.replay import add_batch, init_buffer, sample_recent
+
+    buf = init_buffer(8, jnp.zeros(()))
+    buf = add_batch(buf, jnp.arange(11.0))  # items 0..10 in a ring of 8: slots hold 8, 9, 10, 3, ..., 7
+    drawn = np.asarray(sample_recent(buf, jax.random.key(0), 2000, jnp.int32(3)))
+    assert set(drawn.tolist()) == {8.0, 9.0, 10.0}  # the three newest, across the wrap
+    drawn = np.asarray(sample_recent(buf, jax.random.key(1), 2000, jnp.int32(100)))  # window > size
+    assert set(drawn.tolist()) == set(np.arange(3.0, 11.0).tolist())

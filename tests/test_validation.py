@@ -283,3 +283,27 @@ def test_model_algos_are_the_algorithms_that_roll_out_a_model():
     from dynalab.algos import ALGOS, mbpo
 
     assert set(config_lib.MODEL_ALGOS) == {name for name, a in ALGOS.items() if a.make is mbpo.make}
+
+
+def test_a_buffer_larger_than_memory_is_refused_before_allocating(tmp_path, capsys):
+    """2e9 transitions of cartpole (5 + 1 + 1 + 5 + 1 floats = 52 bytes each) need 104 GB per seed."""
+    msg = cli_error(["train", "--env", "dmc:cartpole-balance", "--seeds", "3", "--buffer-capacity", "2000000000",
+                     "--steps", "100", "--warmup-steps", "10", "--out", str(tmp_path / "run")], capsys)
+    assert "104.00 GB per seed (replay buffer 104.00 GB)" in msg and "312.01 GB for 3 seeds" in msg  # + networks
+    assert "--buffer-capacity" in msg and "--seeds" in msg
+
+
+def test_memory_check_counts_what_init_would_allocate():
+    import jax
+    import jax.numpy as jnp
+
+    from dynalab.config import ConfigError
+    from dynalab.replay import init_buffer
+    from dynalab.rundir import check_memory
+
+    shapes = jax.eval_shape(lambda: {"buffer": jax.vmap(lambda _: init_buffer(1000, jnp.zeros(25)))(jnp.arange(2)),
+                                     "params": jnp.zeros((2, 250))})
+    need = 2 * (1000 * 25 * 4 + 4 + 4) + 2 * 250 * 4  # by hand: 202,016 bytes
+    check_memory(shapes, 2, need)  # exactly enough
+    with pytest.raises(ConfigError, match=r"0.00 GB per seed \(replay buffer 0.00 GB\)"):
+        check_memory(shapes, 2, need - 1)

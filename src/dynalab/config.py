@@ -62,7 +62,7 @@ class TrainConfig:
     reset_agent_every: int = 0
     """Re-initialise actor, critic, target critic and temperature every N env steps (0: never)."""
     sac: SACConfig = field(default_factory=SACConfig)
-    """Actor-critic hyperparameters (seed 000, Table 1)."""
+    """Actor-critic hyperparameters (STFL, Table 1)."""
 
     # Dyna-style algorithms (mbpo, ftfl, ftfl-tuned); SAC ignores these.
     synthetic_ratio: float = 0.95
@@ -73,8 +73,11 @@ class TrainConfig:
     """Model rollout length (ignored when --horizon-schedule is given)."""
     horizon_schedule: tuple[int, int, int, int] | None = None
     """MBPO's linear horizon schedule: START END MIN MAX (env steps, horizons)."""
-    synthetic_retain_steps: int = 1_000
-    """The synthetic buffer keeps the rollouts of the last N env steps."""
+    synthetic_retain_steps: int = 2_500
+    """The synthetic buffer holds the model rollouts of the last N env steps: the newest
+    rollouts-per-step x N x (current horizon) transitions are sampled, older ones never (the
+    STFL authors' code keeps a FIFO of 1e6 rows, i.e. N = 2,500 at 400 rollouts per step, our
+    default; the original MBPO keeps N = 1,000)."""
     model_refit_every: int = 250
     """Refit the model every N env steps."""
     reset_model_every: int = 0
@@ -82,7 +85,7 @@ class TrainConfig:
     perfect_model: bool = False
     """Replace the learned model by the simulator itself (restored to each sampled real state)."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """Dynamics-reward ensemble (seed 000 Table 2; FTFL's switches)."""
+    """Dynamics-reward ensemble (STFL Table 2; FTFL's switches)."""
 
     @property
     def max_horizon(self) -> int:

@@ -15,12 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 
 from dynalab import __version__, checkpoint
 from dynalab import config as config_lib
 from dynalab.config import ConfigError, TrainConfig
+from dynalab.replay import ReplayBuffer
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -121,3 +123,46 @@ def write_run_meta(out: Path, resumed_from: int | None) -> None:
     else:
         meta.setdefault("resumes", []).append({**entry, "from_step": resumed_from})
     atomic_write_text(path, json.dumps(meta, indent=2) + "\n")
+
+
+def device_free_bytes(device: jax.Device | None = None) -> int | None:
+    """Bytes free on `device` (default: JAX's first): its allocator's limit minus what is in use
+    on an accelerator, the kernel's MemAvailable for the CPU; None if unknown."""
+    device = device or jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(shapes: Any, members: int, free: int | None) -> None:
+    """Refuse, before anything is allocated, a learner state larger than the device's free memory.
+
+    `shapes`: the seed-batched learner state as `jax.ShapeDtypeStruct`s (from `jax.eval_shape`),
+    members on the leading axis. Raises ConfigError naming the need per seed and in all, the
+    largest buffers, and the flags that shrink them.
+    """
+    if free is None:
+        return
+    total = checkpoint.nbytes(shapes)
+    if total <= free:
+        return
+    buffers = []
+    for path, node in jax.tree_util.tree_flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, ReplayBuffer))[0]:
+        if isinstance(node, ReplayBuffer):
+            kind = "synthetic buffer" if "synthetic" in jax.tree_util.keystr(path) else "replay buffer"
+            buffers.append((checkpoint.nbytes(node) / members, kind))
+    parts = ", ".join(f"{name} {size / 1e9:.2f} GB" for size, name in sorted(buffers, reverse=True))
+    raise ConfigError(
+        f"the learner state needs {total / members / 1e9:.2f} GB per seed ({parts}), {total / 1e9:.2f} GB for "
+        f"{members} seeds, but the device has {free / 1e9:.2f} GB free; lower --buffer-capacity or --seeds "
+        "(or, for model-based runs, --synthetic-retain-steps or --rollouts-per-step)."
+    )

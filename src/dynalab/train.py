@@ -103,6 +103,12 @@ class Trainer:
             cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)]
         )
         self.roots = seed_roots(self.seeds)  # a seed draws the same keys whatever value it runs with
+        try:
+            rundir.check_memory(jax.eval_shape(self.batch.init_state, self.roots), len(self.members),
+                                rundir.device_free_bytes())
+        except ConfigError:
+            self.close()
+            raise
         self.state = self.batch.init_state(self.roots)
         self.obs = self.envs.reset()
         self.env_step = 0  # env steps taken by each seed so far

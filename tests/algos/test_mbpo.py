@@ -197,3 +197,16 @@ def test_seed_inside_a_batch_matches_it_alone(tmp_path):
     assert alone.keys() == batch.keys() and any(k[2] == "model/pct_error" for k in alone)
     keys = sorted(alone)
     np.testing.assert_allclose([batch[k] for k in keys], [alone[k] for k in keys], rtol=1e-3, atol=1e-4)
+
+
+def test_synthetic_window_follows_the_horizon_schedule():
+    """MBPO's model pool: rollouts_per_step x retain x current horizon rows, by hand."""
+    from dynalab.algos.mbpo import synthetic_window
+
+    cfg = dataclasses.replace(TINY, rollouts_per_step=400, synthetic_retain_steps=1000,
+                              horizon_schedule=(20_000, 100_000, 1, 15))
+    assert cfg.synthetic_capacity == 400 * 1000 * 15
+    assert int(synthetic_window(cfg, jnp.int32(0))) == 400_000  # horizon 1: not 15x more stale rows
+    assert int(synthetic_window(cfg, jnp.int32(60_000))) == 400 * 1000 * 8
+    assert int(synthetic_window(cfg, jnp.int32(200_000))) == 6_000_000
+    assert int(synthetic_window(TINY, jnp.int32(5))) == 8 * 50

@@ -31,17 +31,19 @@ def test_each_member_of_a_swept_program_matches_its_run_alone(tmp_path):
     swept = learning(read(tmp_path / "sweep" / "metrics.csv"))
     assert {k[2] for k in swept} == {0.25, 0.75} and {k[1] for k in swept} == {3, 4}
 
-    alone_cfg = dataclasses.replace(MBPO, seed=4, seeds=1, synthetic_ratio=0.75)
-    train(alone_cfg, tmp_path / "alone", progress=False)
-    alone = learning(read(tmp_path / "alone" / "metrics.csv"))
-    member = {(s, k, m): v for (s, k, x, m), v in swept.items() if (k, x) == (4, 0.75)}
-    assert member.keys() == alone.keys() and len(alone) > 20
-    keys = sorted(alone)
-    np.testing.assert_allclose([member[k] for k in keys], [alone[k] for k in keys], rtol=1e-3, atol=1e-4)
-
-    # The two ratios really train differently (same seed, same keys, different batches).
-    q = {x: v for (s, k, x, m), v in swept.items() if (s, k, m) == (160, 3, "q/mean_batch")}
-    assert q[0.25] != q[0.75]
+    # Every member equals its run alone, up to float rounding (XLA may order a batched reduction
+    # differently). On this terminating task an evaluation episode's return is its length, so a
+    # rounding-sized action difference can end it one step apart: eval/return gets atol 1.
+    for seed, ratio in ((4, 0.75), (3, 0.25)):
+        alone_cfg = dataclasses.replace(MBPO, seed=seed, seeds=1, synthetic_ratio=ratio)
+        train(alone_cfg, tmp_path / f"alone-{ratio}", progress=False)
+        alone = learning(read(tmp_path / f"alone-{ratio}" / "metrics.csv"))
+        member = {(s, k, m): v for (s, k, x, m), v in swept.items() if (k, x) == (seed, ratio)}
+        assert member.keys() == alone.keys() and len(alone) > 20
+        keys = sorted(k for k in alone if k[2] != "eval/return")
+        np.testing.assert_allclose([member[k] for k in keys], [alone[k] for k in keys], rtol=1e-3, atol=1e-4)
+        evals = sorted(k for k in alone if k[2] == "eval/return")
+        np.testing.assert_allclose([member[k] for k in evals], [alone[k] for k in evals], atol=1.0)
 
 
 def test_sweep_needs_a_sweepable_field_and_valid_values():

@@ -11,7 +11,7 @@ from dynalab.algos.base import Learner
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec
 
-# FTFL-tuned's larger model: twice the width of seed 000's 200 units at the same depth. Seed 001
+# FTFL-tuned's larger model: twice the width of STFL's 200 units at the same depth. Seed 001
 # reports only "increased model capacity" helping on the humanoid tasks; doubling the width is
 # the smallest clearly larger model, and --model.width/--model.depth change it.
 FTFL_TUNED_WIDTH = 400
@@ -29,10 +29,10 @@ def _model(**changes) -> Callable[[TrainConfig], TrainConfig]:
 
 
 ALGOS: dict[str, Algo] = {
-    "sac": Algo(sac.make, lambda cfg: cfg, "SAC at a high replay ratio (seed 000 Table 1)"),
-    "mbpo": Algo(mbpo.make, lambda cfg: cfg, "MBPO: SAC + model ensemble + 1-step rollouts (seed 000 Table 2)"),
+    "sac": Algo(sac.make, lambda cfg: cfg, "SAC at a high replay ratio (STFL Table 1)"),
+    "mbpo": Algo(mbpo.make, lambda cfg: cfg, "MBPO: SAC + model ensemble + 1-step rollouts (STFL Table 2)"),
     "ftfl": Algo(mbpo.make, _model(target_norm=True, direct_next_state=True),
-                 "FTFL: MBPO with target unit normalisation and direct next-state prediction (seed 001)"),
+                 "FTFL: MBPO with target unit normalisation and direct next-state prediction (FTFL)"),
     "ftfl-tuned": Algo(mbpo.make, _model(target_norm=True, direct_next_state=True, width=FTFL_TUNED_WIDTH),
                        f"Tuned FTFL: FTFL with a larger model ({FTFL_TUNED_WIDTH} units per layer)"),
 }

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import sys
+
 import mujoco
 import numpy as np
 
@@ -174,3 +176,14 @@ def warning_names(data: mujoco.MjData, warnings: tuple[mujoco.mjtWarning, ...]) 
         for w in warnings
         if data.warning[int(w)].number > 0
     ]
+
+
+def _mujoco_warning(message: str) -> None:
+    # The bad-state warnings are reported once, per seed and step, by the training loop (the
+    # divergence is detected from MuJoCo's warning counters, which this handler leaves alone);
+    # every other MuJoCo warning still reaches the user.
+    if "Nan, Inf or huge value" not in message:
+        print(f"MuJoCo warning: {message.strip()}", file=sys.stderr)
+
+
+mujoco.set_mju_user_warning(_mujoco_warning)
