@@ -62,8 +62,17 @@ class Resume:
 
 
 def _report(returns, out: Path) -> None:
-    print(f"final eval return per seed: {[round(float(x), 1) for x in returns.mean(axis=1)]}")
-    print(f"run folder: {out}")
+    import json
+
+    from dynalab.envs import DMC15
+
+    # Known only where the reward bounds it: 1 per step for 1,000 steps (InvertedPendulum: 1 while
+    # the pole is up; the DMC15 tasks: a reward in [0, 1] on each of the episode's 1,000 steps).
+    env = json.loads((out / "config.json").read_text()).get("env")
+    best = 1000 if env == "gym:InvertedPendulum-v5" or env in DMC15 else None
+    print(f"final evaluation return (mean of {returns.shape[1]} episodes) per seed: "
+          f"{[round(float(x), 1) for x in returns.mean(axis=1)]}"
+          + (f"; the maximum possible on this task is {best}" if best else "") + f"; run folder: {out}")
 
 
 BENCH_SIZE = {"steps": 50, "warmup_steps": 1_000}
