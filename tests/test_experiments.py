@@ -17,7 +17,9 @@ SIX = ["dmc:hopper-hop", "dmc:hopper-stand", "dmc:humanoid-stand", "dmc:humanoid
 TINY = experiments.parse_overrides([
     "seeds=1", "replay_ratio=1", "batch_size=16", "eval_episodes=1", "checkpoint_every=0", "rollouts_per_step=4",
     "sac.hidden=[16, 16]", "model.width=16", "model.depth=1", "model.ensemble_size=2", "model.num_elites=1",
-    "model.batch_size=16", "model.refit_steps=2",
+    "model.batch_size=16", "model.refit_steps=2", "buffer_capacity=1000",
+    # ALM's tiny nets are tests/tiny_configs.py's, so its run shares that file's compiled programs.
+    "alm.latent_dim=4", "alm.hidden=16", "alm.model_hidden=16", "alm.std_duration=10",
 ])
 
 
@@ -29,7 +31,11 @@ def test_every_preset_parses_into_valid_trials():
 
 
 @pytest.mark.parametrize("name, envs, labels, seeds, steps", [
-    ("stfl-fig3-gym", GYM6, ["SAC", "MBPO"], {6}, {15_000, 125_000, 300_000, 400_000}),
+    ("stfl-fig3-gym", GYM6, ["SAC", "MBPO", "ALM"], {6}, {15_000, 125_000, 300_000, 400_000}),
+    ("stfl-fig5-alm-dmc6", SIX, ["ALM", "ALM without Dyna"], {6}, {500_000}),
+    ("stfl-fig15-dmc15", DMC15, ["SAC", "MBPO", "ALM", "ALM without Dyna"], {6}, {500_000}),
+    ("stfl-fig1-dyna-vs-base", GYM6 + DMC15, ["SAC", "MBPO", "ALM", "ALM without Dyna"], {6},
+     {15_000, 125_000, 300_000, 400_000, 500_000}),
     ("stfl-fig4-dmc6", SIX, ["SAC", "MBPO"], {6}, {500_000}),
     ("stfl-fig12-dmc15", DMC15, ["SAC", "MBPO"], {6}, {500_000}),
     ("stfl-fig8-ratio", ("dmc:hopper-stand", "dmc:humanoid-stand"), ["MBPO"], {3, 6}, {100_000, 400_000}),
@@ -68,6 +74,14 @@ def test_variant_fields_reach_the_config():
     assert only_norm.target_norm and not only_norm.direct_next_state
     ip = by("stfl-fig3-gym")[("MBPO", "gym:InvertedPendulum-v5")]
     assert (ip.steps, ip.warmup_steps, ip.synthetic_ratio, ip.rollouts_per_step) == (15_000, 1_000, 0.95, 400)
+    fig1 = by("stfl-fig1-dyna-vs-base")
+    alm = fig1[("ALM", "dmc:walker-run")]
+    assert (alm.algo, alm.baseline, alm.replay_ratio, alm.batch_size, alm.warmup_steps) == ("alm", "ALM without Dyna", 1,
+                                                                                          512, 5_000)
+    assert fig1[("ALM without Dyna", "dmc:walker-run")].algo == "alm-nodyna"
+    assert fig1[("MBPO", "dmc:walker-run")].baseline == "SAC"
+    assert fig1[("ALM", "dmc:humanoid-run")].capacity == 500_000  # humanoid: 1e6, capped at the run
+    assert fig1[("ALM", "dmc:walker-run")].capacity == 100_000
 
 
 def test_scale_shrinks_every_step_count_and_stays_valid():
@@ -138,13 +152,13 @@ def test_every_variant_runs_scaled_down(trial, tmp_path):
 
 
 def test_a_real_preset_runs_scaled_down_through_the_sweep(tmp_path):
-    """stfl-fig3-gym's InvertedPendulum trials (SAC and MBPO), shrunk as a smoke run would be."""
+    """stfl-fig3-gym's InvertedPendulum trials (SAC, MBPO and ALM), shrunk as a smoke run would be."""
     from dynalab.sweep import run_sweep
 
     exp = experiments.load("stfl-fig3-gym", scale=0.002, overrides=TINY)
     trials = [t for t in exp.trials if t.cfg.env == "gym:InvertedPendulum-v5"]
-    assert [t.cfg.steps for t in trials] == [30, 30] and [t.cfg.warmup_steps for t in trials] == [2, 2]
+    assert [t.cfg.steps for t in trials] == [30] * 3 and [t.cfg.warmup_steps for t in trials] == [2] * 3
     statuses = run_sweep(trials, tmp_path, progress=False)
-    assert statuses == {"sac__gym-InvertedPendulum-v5": "done", "mbpo__gym-InvertedPendulum-v5": "done"}
+    assert statuses == {f"{v}__gym-InvertedPendulum-v5": "done" for v in ("sac", "mbpo", "alm")}
     for t in trials:
         assert max(r[0] for r in read(tmp_path / t.name / "metrics.csv") if r[2] == "eval/return") == 30

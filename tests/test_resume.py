@@ -4,6 +4,7 @@ The reference is the same run left alone; the resumed run's metrics.csv must hol
 same rows (wall-clock `time/*` metrics aside), none duplicated or missing.
 """
 
+import dataclasses
 import os
 import random
 import signal
@@ -22,6 +23,7 @@ from dynalab.config import TrainConfig
 from dynalab.metrics import read
 from dynalab.models.ensemble import ModelConfig
 from dynalab.train import train
+from tiny_configs import ALM as ALM_TINY
 
 SAC = TrainConfig(
     algo="sac", env="gym:InvertedPendulum-v5", seeds=2, steps=700, replay_ratio=2, warmup_steps=100,
@@ -34,6 +36,9 @@ MBPO = TrainConfig(
     rollouts_per_step=8, synthetic_retain_steps=20, model_refit_every=50, sac=SACConfig(hidden=(32, 32)),
     model=ModelConfig(ensemble_size=3, num_elites=2, width=32, depth=2, batch_size=32, refit_steps=20),
 )
+
+ALM = dataclasses.replace(ALM_TINY, seeds=2, steps=400, checkpoint_every=70, keep_checkpoints=2, eval_every=150,
+                          eval_episodes=2, log_every=50)
 
 # Subprocesses share the tests' persistent compile cache, so each compiles little.
 ENV = {
@@ -110,7 +115,7 @@ def kill_at_random_moment(cfg: TrainConfig, out: Path, rng: random.Random) -> in
     return checkpoint.read_meta(checkpoint.latest(out / "checkpoints"))["step"]
 
 
-@pytest.mark.parametrize("cfg", [SAC, MBPO], ids=["sac", "mbpo"])
+@pytest.mark.parametrize("cfg", [SAC, MBPO, ALM], ids=["sac", "mbpo", "alm"])
 def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_rows(cfg, tmp_path):
     reference = tmp_path / "reference"
     train(cfg, reference, progress=False)

@@ -44,6 +44,12 @@ def _device() -> str:
 FULL_CAPACITY = 1_000_000
 
 
+def full_capacity(cfg: TrainConfig) -> int:
+    """The replay capacity of a long run of `cfg`: `--buffer-capacity` if given, else the
+    algorithm's default once the run is longer than it (1e6; ALM 1e5 off humanoid tasks)."""
+    return dataclasses.replace(cfg, steps=max(cfg.steps, FULL_CAPACITY)).capacity
+
+
 def _full_state(trainer: Trainer, capacity: int) -> Any:
     """Shapes and dtypes of the trainer's learner state at buffer `capacity` (nothing allocated)."""
     learner = make_learner(dataclasses.replace(trainer.cfg, buffer_capacity=capacity), trainer.spec)
@@ -65,7 +71,7 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
     """Write one real checkpoint of the trainer (as the training loop does) and time it.
 
     The measured write holds the buffers as far as they are filled in the bench; the full-size
-    checkpoint (every buffer full, at `cfg.buffer_capacity` or FULL_CAPACITY) is not written:
+    checkpoint (every buffer full, at the capacity of a long run of this config) is not written:
     its write time is estimated from the measured bytes/second.
     """
     loop = {"episode_returns": np.zeros((0, len(trainer.seeds))), "interval_step": np.asarray(0)}
@@ -78,7 +84,7 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
         seconds = time.perf_counter() - t0
         written = sum(f.stat().st_size for f in path.iterdir())
         saved = checkpoint.read_meta(path)
-    capacity = cfg.buffer_capacity if cfg.buffer_capacity is not None else FULL_CAPACITY
+    capacity = full_capacity(cfg)
     full_learner = checkpoint.nbytes(_full_state(trainer, capacity))
     # The full-size checkpoint: this one with every buffer filled (metrics.csv, which grows
     # by a few hundred kB per seed over a long run, is left at its size here).

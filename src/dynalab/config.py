@@ -9,12 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from dynalab.agents.alm import ALMConfig
 from dynalab.agents.sac import SACConfig
 from dynalab.models.ensemble import ModelConfig
 
-Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned"]
+Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned", "alm", "alm-nodyna"]
 # The algorithms that roll out a learned model, so need to know when a rollout terminates.
 MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
+# Aligned Latent Models with and without its Dyna-style actor loss (STFL section 3.3, Table 3).
+ALM_ALGOS = ("alm", "alm-nodyna")
+# ALM's replay capacity (STFL Table 3): 1e6 on humanoid tasks, 1e5 elsewhere, capped at the run length.
+ALM_CAPACITY, ALM_HUMANOID_CAPACITY = 100_000, 1_000_000
 
 
 class ConfigError(ValueError):
@@ -29,6 +34,8 @@ class TrainConfig:
     """Algorithm."""
     label: str = ""
     """Name of this variant in reports, e.g. "MBPO + LayerNorm" (empty: the algorithm's name)."""
+    baseline: str = ""
+    """Variant (label) that reports normalise this one to, e.g. "ALM without Dyna" (empty: SAC)."""
     env: str = "dmc:cheetah-run"
     """Task id, e.g. dmc:cheetah-run or gym:Hopper-v5 (`dynalab envs` lists them)."""
     seeds: int = 1
@@ -42,13 +49,13 @@ class TrainConfig:
     steps: int = 100_000
     """Environment steps per seed."""
     replay_ratio: int = 20
-    """Gradient updates per environment step."""
+    """Gradient updates per environment step (ALM: 1, its update-to-data ratio)."""
     warmup_steps: int = 10_000
     """Uniform-random exploration steps before learning starts."""
     batch_size: int = 256
     """Minibatch size of each gradient update."""
     buffer_capacity: int | None = None
-    """Replay capacity per seed; default min(1e6, steps)."""
+    """Replay capacity per seed; default min(1e6, steps) (ALM: 1e6 on humanoid tasks, else 1e5, capped at steps)."""
     eval_every: int = 5_000
     """Evaluate the deterministic policy every this many env steps (and at the end)."""
     eval_episodes: int = 10
@@ -87,6 +94,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Dynamics-reward ensemble (STFL Table 2; FTFL's switches)."""
 
+    # Aligned Latent Models (alm, alm-nodyna); the others ignore these.
+    alm: ALMConfig = field(default_factory=ALMConfig)
+    """ALM's latent model, networks and schedules (STFL Table 3)."""
+
     @property
     def max_horizon(self) -> int:
         return self.horizon_schedule[3] if self.horizon_schedule else self.rollout_horizon
@@ -97,7 +108,12 @@ class TrainConfig:
 
     @property
     def capacity(self) -> int:
-        return self.buffer_capacity if self.buffer_capacity is not None else min(1_000_000, self.steps)
+        if self.buffer_capacity is not None:
+            return self.buffer_capacity
+        if self.algo in ALM_ALGOS:
+            humanoid = "humanoid" in self.env.lower()
+            return min(ALM_HUMANOID_CAPACITY if humanoid else ALM_CAPACITY, self.steps)
+        return min(1_000_000, self.steps)
 
     def seed_list(self) -> list[int]:
         return [self.seed + k for k in range(self.seeds)]
@@ -109,7 +125,19 @@ class TrainConfig:
 
 
 # Scalars a program may sweep over its member axis: used only in traced arithmetic, never as shapes.
-SWEEPABLE = ("synthetic_ratio", "sac.discount", "sac.tau")
+SWEEPABLE = ("synthetic_ratio", "sac.discount", "sac.tau", "alm.discount", "alm.tau")
+
+
+def uses_field(algo: str, field_path: str) -> bool:
+    """Whether `algo` reads the (sweepable) field: SAC's settings for SAC-based algorithms, ALM's
+    for ALM, the synthetic ratio for the model-based SAC family."""
+    if field_path.startswith("alm."):
+        return algo in ALM_ALGOS
+    if field_path.startswith("sac."):
+        return algo not in ALM_ALGOS
+    if field_path == "synthetic_ratio":
+        return algo in MODEL_ALGOS
+    return True
 
 
 def with_field(cfg: TrainConfig, field_path: str, value: Any) -> TrainConfig:
@@ -152,6 +180,10 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
             raise ConfigError(f"--sweep-field must be one of: {', '.join(SWEEPABLE)}, got {cfg.sweep_field!r}.")
         if not cfg.sweep_values:
             raise ConfigError(f"--sweep-values needs at least one value for --sweep-field {cfg.sweep_field}.")
+        if not uses_field(cfg.algo, cfg.sweep_field):
+            usable = ", ".join(f for f in SWEEPABLE if uses_field(cfg.algo, f))
+            raise ConfigError(f"--algo {cfg.algo} does not use {cfg.sweep_field}, so sweeping it changes nothing; "
+                              f"sweep one of: {usable}.")
         for v in cfg.sweep_values:  # each value must make a valid run on its own
             validate(with_field(dataclasses.replace(cfg, sweep_field="", sweep_values=()), cfg.sweep_field, v), algos)
         return
@@ -215,8 +247,37 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         )
     if not m.lr > 0:
         raise ConfigError(f"--model.lr must be > 0, got {m.lr}.")
+    _validate_alm(cfg)
     if not 0 < m.holdout_ratio < 1:
         raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
+
+
+def _validate_alm(cfg: TrainConfig) -> None:
+    """ALM's own settings, and the run settings that mean nothing for ALM."""
+    a = cfg.alm
+    for name in ("latent_dim", "hidden", "model_hidden", "horizon", "std_duration"):
+        if not isinstance(getattr(a, name), int) or getattr(a, name) <= 0:
+            raise ConfigError(f"--alm.{name.replace('_', '-')} must be a positive integer, got {getattr(a, name)!r}.")
+    for name in ("lr", "max_grad_norm", "std_end", "adam_eps"):
+        if not getattr(a, name) > 0:
+            raise ConfigError(f"--alm.{name.replace('_', '-')} must be > 0, got {getattr(a, name)}.")
+    if not 0 <= a.discount < 1:
+        raise ConfigError(f"--alm.discount must be in [0, 1), got {a.discount}.")
+    if not 0 < a.tau <= 1:
+        raise ConfigError(f"--alm.tau must be in (0, 1], got {a.tau}.")
+    if not 0 <= a.td_lambda <= 1:
+        raise ConfigError(f"--alm.td-lambda must be in [0, 1], got {a.td_lambda}.")
+    if not (a.std_start >= a.std_end and a.noise_clip >= 0 and a.classifier_reward_weight >= 0):
+        raise ConfigError(f"--alm.std-start must be >= --alm.std-end, and --alm.noise-clip and "
+                          f"--alm.classifier-reward-weight >= 0; got {a.std_start}, {a.std_end}, {a.noise_clip}, "
+                          f"{a.classifier_reward_weight}.")
+    if cfg.algo not in ALM_ALGOS:
+        return
+    for name, value in (("reset_agent_every", cfg.reset_agent_every), ("reset_model_every", cfg.reset_model_every),
+                        ("perfect_model", cfg.perfect_model)):
+        if value:
+            raise ConfigError(f"--{name.replace('_', '-')} is defined for the SAC-based algorithms only "
+                              f"(sac, {', '.join(MODEL_ALGOS)}), not for --algo {cfg.algo}.")
 
 
 def _check_termination(cfg: TrainConfig) -> None:
@@ -237,7 +298,7 @@ def _check_termination(cfg: TrainConfig) -> None:
 
 
 # Fields that change how a run is kept, not what it computes: they may differ on resume.
-RUN_CONTROL = ("label", "checkpoint_every", "keep_checkpoints")
+RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints")
 
 
 def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
@@ -269,6 +330,7 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         sac = dict(d.pop("sac", {}))
         if "hidden" in sac:
             sac["hidden"] = tuple(sac["hidden"])
+        alm = dict(d.pop("alm", {}))
         model = dict(d.pop("model", {}))
         if model.get("weight_decay") is not None:
             model["weight_decay"] = tuple(model["weight_decay"])
@@ -276,7 +338,7 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
             d["horizon_schedule"] = tuple(d["horizon_schedule"])
         if d.get("sweep_values") is not None:
             d["sweep_values"] = tuple(d["sweep_values"])
-        return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model))
+        return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model), alm=ALMConfig(**alm))
     except TypeError as e:  # an unknown or misspelt field
         valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))
         raise ConfigError(f"bad config: {e}; valid top-level fields are: {valid}.") from None

@@ -21,7 +21,7 @@ from dynalab.types import Transition
 OBS, ACT, Z, B = 4, 2, 3, 8
 # max_grad_norm is tiny so that every group's gradient is clipped (checked through Adam's state);
 # lr is large so that the nets one update changes differ visibly from their old selves.
-CFG = alm.ALMConfig(latent_dim=Z, hidden=4, model_hidden=5, batch_size=B, max_grad_norm=1e-3, lr=0.1)
+CFG = alm.ALMConfig(latent_dim=Z, hidden=4, model_hidden=5, max_grad_norm=1e-3, lr=0.1)
 leaves = jax.tree_util.tree_leaves
 
 
@@ -180,7 +180,7 @@ def test_config_defaults_are_table_3():
     c = alm.ALMConfig()
     assert (c.latent_dim, c.horizon, c.td_lambda, c.discount, c.tau) == (50, 3, 0.95, 0.99, 0.005)
     assert (c.lr, c.adam_eps, c.max_grad_norm, c.hidden, c.model_hidden) == (1e-4, 1e-8, 100.0, 512, 1024)
-    assert (c.classifier_reward_weight, c.noise_clip, c.batch_size) == (0.1, 0.3, 512)
+    assert (c.classifier_reward_weight, c.noise_clip) == (0.1, 0.3)
     assert (c.std_start, c.std_end, c.std_duration) == (1.0, 0.1, 100_000)
 
 
@@ -318,7 +318,7 @@ def test_critic_target_uses_the_online_actors_clipped_noisy_action(state):
     q = np_q(state.critic_params, f64(z), f64(TRANS.action))
     expected = (np.mean((q[0] - y) ** 2) + np.mean((q[1] - y) ** 2)) / 2
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
-    np.testing.assert_allclose(aux["q/mean_real"], q.mean(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(aux["q/mean_batch"], q.mean(), rtol=1e-5, atol=1e-6)
     # The reference is sensitive to the clip: unclipped noise gives another loss.
     y_unclipped = f64(TRANS.reward) + 0.99 * f64(TRANS.discount) * np_q(
         state.target_critic_params, f64(zn), np_noisy(mu, sigma, eps, None)).min(0)
@@ -501,8 +501,8 @@ def test_update_runs_the_steps_in_order_with_the_documented_draws(state, updated
     k = lambda name: stream(key, name)  # noqa: E731
     te = state.target_encoder_params
     assert set(m) == {"loss/model_kl", "loss/model_reward", "loss/model_value", "loss/model", "loss/reward_mse",
-                      "loss/classifier_ce", "classifier/accuracy", "loss/critic", "loss/actor", "q/mean_real",
-                      "q/mean_imagined", "reward/mean_real", "reward/mean_imagined", "explore/std"}
+                      "loss/classifier_ce", "classifier/accuracy", "loss/critic", "loss/actor", "q/mean_batch",
+                      "q/mean_imagined", "reward/mean_batch", "reward/mean_imagined", "explore/std"}
     assert float(m["explore/std"]) == pytest.approx(0.82, rel=1e-6)
     def matches(metric, right, *wrongs):
         """metric equals `right` and is far from each of `wrongs` (what another order would give)."""
@@ -539,8 +539,8 @@ def test_update_runs_the_steps_in_order_with_the_documented_draws(state, updated
 
     matches(m["loss/critic"], critic(state.actor_params)[0], critic(new.actor_params)[0],
             critic(state.actor_params, new.target_critic_params)[0])
-    matches(m["q/mean_real"], critic(state.actor_params)[1]["q/mean_real"])
-    np.testing.assert_allclose(m["reward/mean_real"], float(np.mean(TRANS.reward)), rtol=1e-6)
+    matches(m["q/mean_batch"], critic(state.actor_params)[1]["q/mean_batch"])
+    np.testing.assert_allclose(m["reward/mean_batch"], float(np.mean(TRANS.reward)), rtol=1e-6)
     # (2c) actor with the model, reward, classifier and critic updated before it.
     za = alm.sample_latent(CFG, te, TRANS.obs, k("actor/z"))
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dynalab.agents.alm import ALMConfig
 from dynalab.agents.sac import SACConfig
 from dynalab.algos import default_config, make_learner
 from dynalab.algos.base import init_key, step_key
@@ -69,7 +70,10 @@ def recorder(monkeypatch):
 CONFIGS = {
     "sac": default_config("sac", reset_agent_every=1),
     "mbpo": default_config("mbpo", reset_agent_every=1, reset_model_every=1, model_refit_every=1),
+    "alm": default_config("alm", alm=ALMConfig(latent_dim=3, hidden=4, model_hidden=4)),
 }
+HOOKS = {"sac": {"diagnostics", "reset_agent"}, "mbpo": {"diagnostics", "reset_agent", "reset_model", "model_fit"},
+         "alm": {"diagnostics"}}
 
 
 @pytest.mark.parametrize("algo", sorted(CONFIGS))
@@ -95,8 +99,7 @@ def test_streams_of_one_init_update_and_hooks_are_pairwise_distinct(algo, record
     for hook in learner.hooks:
         state, _ = hook.fn(state, step_key(root, step + 1, f"hook/{hook.name}"))
     jax.effects_barrier()
-    names = {h.name for h in learner.hooks}
-    assert {"diagnostics", "reset_agent"} <= names and (algo == "sac" or {"reset_model", "model_fit"} <= names)
+    assert {h.name for h in learner.hooks} == HOOKS[algo]
     keys = [k for _, k in drawn]
     assert len(drawn) > 10
     repeated = {k for k in keys if keys.count(k) > 1}

@@ -28,8 +28,8 @@ MBPO = dataclasses.replace(
     SAC, algo="mbpo", rollouts_per_step=8, synthetic_retain_steps=20, model_refit_every=50,
     model=ModelConfig(ensemble_size=3, num_elites=2, width=32, depth=2, batch_size=32, refit_steps=20),
 )
-FIGURES = ["curves_eval_return", "sac_normalised", "synthetic_ratio", "diag_model_error", "diag_model_error_residual",
-           "diag_q_values", "diag_rewards", "diag_model_variance", "seconds_per_step"]
+FIGURES = ["curves_eval_return", "sac_normalised", "dyna_vs_base", "synthetic_ratio", "diag_model_error",
+           "diag_model_error_residual", "diag_q_values", "diag_rewards", "diag_model_variance", "seconds_per_step"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,10 @@ def test_fake_sweep_pools_folders_marks_unfinished_and_normalises_across_suites(
     assert "(n=5) †" in row  # seeds 0-2 and 3-4 from two folders; one folder stopped early
     assert "† The seeds' final evaluations are at different env steps" in md
     assert "running/stopped at 12k" in md
+    # Every baseline is SAC: today's wording, and STFL Figure 1's numbers per suite over SAC.
+    assert "## Relative to SAC" in md and "| Variant | IQM of SAC-normalised final return | 95% CI |" in md
+    assert "dyna_vs_base.png" in {f.name for f in files}
+    assert "| Gym | MBPO (S=0.95) | SAC | " in md and "| DMC | FTFL | SAC | " in md and "| Gym | FTFL |" not in md
     agg = next(line for line in md.splitlines() if line.startswith("| MBPO (S=0.95) | "))
     assert agg.split("|")[4].strip() == "4"  # tasks: 2 Gym + 2 DMC
     # FTFL has 3 seeds on hopper-stand and 5 on humanoid-stand: the report says so and weighs both tasks the same.

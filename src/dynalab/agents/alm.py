@@ -45,7 +45,7 @@ Small differences from the authors' PyTorch code, all deliberate or immaterial:
 - the schedule step is the caller's: their code acts at step 0 with sigma(0) and calls its
   first update with step 1 (`workspaces/mujoco_workspace.py`).
 
-Keys: `update`'s key derives every child with `dynalab.algos.base.stream` (names in `update`),
+Keys: `update`'s key derives every child with `dynalab.rng.stream` (names in `update`),
 and so do the keys handed to `model_loss`, `alm_actor_loss` and `explore_action`; a key that is
 drawn from is never also used to derive others. No key lives in the state. `cfg` is a frozen
 (hashable) dataclass: jit with it static.
@@ -64,7 +64,7 @@ import optax
 from flax import struct
 
 from dynalab.agents.networks import orthogonal
-from dynalab.algos.base import stream
+from dynalab.rng import stream
 from dynalab.types import Transition
 
 Params = Any  # a flax variables dict, {"params": ...}
@@ -97,8 +97,6 @@ class ALMConfig:
     std_end: float = 0.1
     std_duration: int = 100_000
     """Exploration std goes linearly from std_start to std_end over this many post-warm-up steps."""
-    batch_size: int = 512
-    """B, for the sequences and for the single transitions (used by the learner's sampler)."""
     # Fixed constants of the authors' code (models.py, utils/torch_utils.py).
     mean_bound: float = 30.0
     std_min: float = 0.1
@@ -487,7 +485,7 @@ def critic_loss(
     target = sg(true_reward + cfg.discount * discount * next_q)
     q = q_values(cfg, critic_params, z, action)
     loss = jnp.square(q - target[None]).mean(axis=-1).sum() / 2.0
-    return loss, {"q/mean_real": q.mean()}
+    return loss, {"q/mean_batch": q.mean()}
 
 
 def alm_actor_loss(
@@ -573,8 +571,9 @@ def update(
       loss/model_kl, loss/model_reward, loss/model_value: batch means of sum_t KL_t, sum_t R_t
         and V_K, so loss/model = kl - reward - value;
       loss/reward_mse, loss/classifier_ce, classifier/accuracy (argmax of the logits vs labels);
-      loss/critic; q/mean_real: both critics' mean Q on the critic batch (target-encoder latents,
-        buffer actions), before the critic step; reward/mean_real: the batch's mean reward;
+      loss/critic; q/mean_batch: both critics' mean Q on the critic batch (target-encoder latents,
+        buffer actions), before the critic step; reward/mean_batch: the batch's mean reward (the
+        learner's diagnostics measure q/mean_real and reward/mean_real on a fresh batch);
       loss/actor; with dyna only, q/mean_imagined (both critics' mean Q over z_1..z_K of the
         imagination) and reward/mean_imagined (mean reward net + 0.1 classifier term along it);
       explore/std: sigma(post_warmup_step), the learning-side noise scale of this update.
@@ -647,7 +646,7 @@ def update(
         **c_aux,
         "loss/actor": a_loss,
         **a_aux,
-        "reward/mean_real": true_reward.mean(),
+        "reward/mean_batch": true_reward.mean(),
         "explore/std": sigma,
     }
     return new_state, metrics

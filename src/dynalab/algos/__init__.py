@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
-from dynalab.algos import mbpo, sac
+from dynalab.algos import alm, mbpo, sac
 from dynalab.algos.base import Learner
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec
@@ -24,6 +24,12 @@ class Algo:
     summary: str
 
 
+# What `--algo alm` and `--algo alm-nodyna` change in the shared run settings (STFL Table 3):
+# one update per env step on 512 sequences and 512 transitions, after 5,000 random steps. The
+# replay capacity (1e6 on humanoid tasks, else 1e5) follows from the task: `TrainConfig.capacity`.
+ALM_RUN = dict(replay_ratio=1, batch_size=512, warmup_steps=5_000)
+
+
 def _model(**changes) -> Callable[[TrainConfig], TrainConfig]:
     return lambda cfg: dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changes))
 
@@ -35,6 +41,11 @@ ALGOS: dict[str, Algo] = {
                  "FTFL: MBPO with target unit normalisation and direct next-state prediction (FTFL)"),
     "ftfl-tuned": Algo(mbpo.make, _model(target_norm=True, direct_next_state=True, width=FTFL_TUNED_WIDTH),
                        f"Tuned FTFL: FTFL with a larger model ({FTFL_TUNED_WIDTH} units per layer)"),
+    "alm": Algo(alm.make, lambda cfg: dataclasses.replace(cfg, **ALM_RUN),
+                "ALM: Aligned Latent Models, latent model + lambda-SVG actor through it (STFL Table 3)"),
+    "alm-nodyna": Algo(lambda cfg, spec: alm.make(cfg, spec, dyna=False),
+                       lambda cfg: dataclasses.replace(cfg, **ALM_RUN),
+                       "ALM without Dyna: ALM's actor maximises Q directly, no imagination (STFL Fig 5)"),
 }
 
 

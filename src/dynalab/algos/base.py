@@ -24,7 +24,6 @@ refits, resets) run after them and change what step k + 1 starts from.
 from __future__ import annotations
 
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -33,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dynalab import replay
+from dynalab.rng import stream  # noqa: F401  (re-exported: every learner derives keys with it)
 from dynalab.types import Transition
 
 State = Any
@@ -45,15 +45,6 @@ OFFENDING_BATCH = "offending_batch"
 # measurable (e.g. Q on synthetic data before any rollout). An unmeasured metric is NaN, which the
 # guard ignores and the metrics writer drops, so it is never logged as a number.
 MEASURED = "measured"
-
-
-def stream(key: jax.Array, name: str) -> jax.Array:
-    """The independent child stream `name` of `key`: fold_in with the CRC-32 of the name.
-
-    Use it for every consumer of randomness; derive children of one key either all with
-    `stream` or all with `jax.random.split`, never both (split(k, n)[i] == fold_in(k, i)).
-    """
-    return jax.random.fold_in(key, zlib.crc32(name.encode()))
 
 
 Phase = Literal["measure", "maintain"]
@@ -102,6 +93,37 @@ class Learner:
     """Whether real transitions must carry the simulator state (the perfect model)."""
     parts: tuple[tuple[str, Callable[[State, jax.Array], Any]], ...] = ()
     """Named pieces of `update` (e.g. model rollouts) that `dynalab bench` times on their own."""
+
+
+def repeated_updates(
+    n: int,
+    agent: Any,
+    sample_batch: Callable[[jax.Array], Any],
+    update: Callable[[Any, Any, jax.Array], tuple[Any, Metrics]],
+    key: jax.Array,
+) -> tuple[Any, Metrics]:
+    """`n` gradient updates in one `lax.scan`, each on a fresh minibatch: the replay ratio.
+
+    `key` is split into one key per update, each split into the minibatch key (handed to
+    `sample_batch`, which derives its own named streams from it) and the update key (handed to
+    `update(agent, batch, key) -> (agent, metrics)`). Metrics are averaged over the updates.
+    The minibatch of the first update whose metrics were not finite rides along under
+    `OFFENDING_BATCH`, for the run's non-finite guard (zeros when every metric was finite).
+    """
+
+    def one(carry, k):
+        agent, offending, found = carry
+        k_batch, k_update = jax.random.split(k)
+        batch = sample_batch(k_batch)
+        agent, metrics = update(agent, batch, k_update)
+        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        first = bad & ~found
+        offending = jax.tree.map(lambda b, o: jnp.where(first, b, o), batch, offending)
+        return (agent, offending, found | bad), metrics
+
+    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample_batch, key))
+    (agent, offending, _), metrics = jax.lax.scan(one, (agent, empty, jnp.bool_(False)), jax.random.split(key, n))
+    return agent, {**jax.tree.map(jnp.mean, metrics), OFFENDING_BATCH: offending}
 
 
 def init_key(root: jax.Array) -> jax.Array:

@@ -10,7 +10,7 @@ from flax import struct
 
 from dynalab import replay
 from dynalab.agents import sac
-from dynalab.algos.base import OFFENDING_BATCH, Hook, Learner, Metrics, stream
+from dynalab.algos.base import Hook, Learner, Metrics, repeated_updates, stream
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec, Transition
 
@@ -35,31 +35,13 @@ def gradient_steps(
     sample_batch: Callable[[jax.Array], Transition],
     key: jax.Array,
 ) -> tuple[sac.SACState, Metrics]:
-    """`cfg.replay_ratio` SAC updates in one `lax.scan`, each on a fresh minibatch.
+    """`cfg.replay_ratio` SAC updates (`repeated_updates`), each on a fresh minibatch.
 
-    `key` is split into one key per update, each split into the minibatch key (handed to
-    `sample_batch`, which derives its own named streams from it) and the update key.
-    Metrics are averaged over the updates. `sample_batch` is how an algorithm feeds SAC:
-    real replay for SAC, a real/synthetic mix for MBPO. The minibatch of the first update
-    whose losses were not finite rides along under `OFFENDING_BATCH`, for the run's
-    non-finite guard (zeros when every loss was finite).
+    `sample_batch` is how an algorithm feeds SAC: real replay for SAC, a real/synthetic mix for
+    MBPO.
     """
-
-    def one(carry, k):
-        agent, offending, found = carry
-        k_batch, k_update = jax.random.split(k)
-        batch = sample_batch(k_batch)
-        agent, metrics = sac.update(cfg.sac, agent, batch, k_update)
-        bad = ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
-        first = bad & ~found
-        offending = jax.tree.map(lambda b, o: jnp.where(first, b, o), batch, offending)
-        return (agent, offending, found | bad), metrics
-
-    empty = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(sample_batch, key))
-    (agent, offending, _), metrics = jax.lax.scan(
-        one, (agent, empty, jnp.bool_(False)), jax.random.split(key, cfg.replay_ratio)
-    )
-    return agent, {**jax.tree.map(jnp.mean, metrics), OFFENDING_BATCH: offending}
+    return repeated_updates(cfg.replay_ratio, agent, sample_batch,
+                            lambda a, batch, k: sac.update(cfg.sac, a, batch, k), key)
 
 
 def sample_real(buffer: replay.ReplayBuffer, key: jax.Array, batch_size: int) -> Transition:

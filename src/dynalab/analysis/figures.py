@@ -215,18 +215,25 @@ def sac_normalised(
     aggregate: dict[str, Estimate],
     colours: dict[str, tuple],
     variant_order: list[str],
-    sac_variant: str,
+    baselines: dict[str, str],
+    sac_variant: str | None,
 ) -> list[Path]:
-    """FTFL Fig 1 style: per-task final-return IQM as % of SAC, grouped by suite, and the aggregate.
+    """FTFL Fig 1 style: per-task final-return IQM as % of each variant's baseline, grouped by suite, and the
+    aggregate (fractions in, percentages drawn).
 
-    In the aggregate every task weighs the same, whatever its seed count (`stats.task_weighted_iqm`).
+    `baselines` maps each variant to the variant it was divided by (a reference maps to itself and gets no
+    per-task bar, only its aggregate). When every bar has the same baseline the figure names it (today: SAC);
+    otherwise the legend reads "variant / baseline". In the aggregate every task weighs the same, whatever its
+    seed count (`stats.task_weighted_iqm`).
     """
     suites: dict[str, list[str]] = {}
     for env in sorted(per_task, key=env_sort_key):
         suites.setdefault(parse_env(env)[0], []).append(env)
-    bars = [v for v in variant_order if v != sac_variant and any(v in per_task[e] for e in per_task)]
+    bars = [v for v in variant_order if any(v in per_task[e] for e in per_task) and baselines[v] != v]
     if not bars:
         return []
+    shared = {baselines[v] for v in bars}
+    single = next(iter(shared)) if len(shared) == 1 else None
     agg_variants = [v for v in variant_order if v in aggregate]
     task_widths = [max(len(envs), 1.2) for envs in suites.values()]
     per_slot = min(1.15, 12.0 / sum(task_widths))  # inches per task; the figure stays under ~16 in wide
@@ -273,11 +280,60 @@ def sac_normalised(
             ax.grid(axis="x", visible=False)
         axes[0].set_ylim(bottom - pad, top + pad)
         axes[0].yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        axes[0].set_ylabel("final return, % of SAC (IQM, 95% CI)")
-        fig.suptitle(f"Final return relative to {sac_variant} (dashed line = 100%)")
-        handles = [Patch(color=colours[v], label=v) for v in variant_order if v in bars or v in agg_variants]
+        of = "SAC" if single is not None and single == sac_variant else single or "its baseline"
+        axes[0].set_ylabel(f"final return, % of {of} (IQM, 95% CI)")
+        what = single or "each variant's baseline"
+        fig.suptitle(f"Final return relative to {what} (dashed line = 100%)")
+        label = lambda v: v if single is not None or baselines[v] == v else f"{v} / {baselines[v]}"  # noqa: E731
+        handles = [Patch(color=colours[v], label=label(v)) for v in variant_order if v in bars or v in agg_variants]
         _legend(fig, handles)
         return save(fig, out_dir, "sac_normalised")
+
+
+def dyna_vs_base(
+    out_dir: Path,
+    suites: dict[str, dict[str, tuple[Estimate, int, int]]],
+    baselines: dict[str, str],
+    colours: dict[str, tuple],
+    variant_order: list[str],
+) -> list[Path]:
+    """STFL Figure 1 style: per suite, each variant's final return over its own base without Dyna.
+
+    `suites[suite][variant]` holds (task-weighted IQM of the seeds' final return / base's IQM on the task,
+    with its 95% stratified-bootstrap CI; tasks; seeds), as fractions (1.0 = as good as the base); `baselines`
+    names each variant's base. One panel per suite (Gym, DMC, ...), one bar per variant, a dashed line at 1.0.
+    """
+    suites = {s: per for s, per in suites.items() if per}
+    if not suites:
+        return []
+    slots = max(len(per) for per in suites.values())
+    with mpl.rc_context(STYLE):
+        fig = Figure(figsize=(max(6.4, len(suites) * (1.6 + 1.25 * slots)), 4.8), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(suites), sharey=True))
+        values = [x for per in suites.values() for est, _, _ in per.values() for x in (est.lo, est.hi)] + [0.0, 1.0]
+        top, bottom = max(values), min(values)
+        pad = 0.08 * (top - bottom)
+        for ax, (suite, per) in zip(axes, suites.items()):
+            names = [v for v in variant_order if v in per]
+            for i, v in enumerate(names):
+                est, _, _ = per[v]
+                ax.bar(i, est.point, width=0.6, color=colours[v], zorder=2, capsize=4,
+                       yerr=[[est.point - est.lo], [est.hi - est.point]], error_kw={"lw": 1.0, "ecolor": "0.2"})
+                ax.annotate(f"{est.point:.2f}", (i, est.hi), xytext=(0, 3), textcoords="offset points", ha="center",
+                            va="bottom", fontsize=8, color="0.25")
+            labels = [f"{v} / {baselines[v]}\n({per[v][1]} task{'s' if per[v][1] != 1 else ''}, "
+                      f"{per[v][2]} seed{'s' if per[v][2] != 1 else ''})" for v in names]
+            ax.set_xticks(range(len(names)), labels, fontsize=8, rotation=20 if len(names) > 2 else 0,
+                          ha="right" if len(names) > 2 else "center", rotation_mode="anchor")
+            ax.set_xlim(-0.6, max(len(names), 2) - 0.4)
+            ax.set_title(SUITES.get(suite, suite) or "(no suite)")
+            ax.axhline(1.0, color="0.15", lw=1.1, ls="--", zorder=3)
+            ax.grid(axis="x", visible=False)
+        axes[0].set_ylim(min(0.0, bottom - pad), top + 2 * pad)
+        axes[0].set_ylabel("final return / base's final return\n(task-weighted IQM, 95% CI)")
+        fig.suptitle("STFL Figure 1 style: each variant over its own base without Dyna (same tasks and budgets;\n"
+                     "dashed line = 1.0, as good as its base)")
+        return save(fig, out_dir, "dyna_vs_base")
 
 
 def synthetic_ratio(

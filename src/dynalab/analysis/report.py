@@ -6,12 +6,18 @@ Definitions used throughout (also written into summary.md's "Method" section):
   evaluation episodes) at its last evaluation. For a finished run that is the evaluation at the
   configured `steps`; for a run still going, its latest evaluation (the "Runs" table says which).
 - Per task and variant: IQM over seeds, with a 95% percentile stratified-bootstrap CI (rliable).
-- SAC-normalised score of a seed: its final return divided by the SAC variant's final-return IQM on
-  the same task (held fixed in the bootstrap). Tasks where that IQM is not positive are left out.
-  The aggregate per variant is the IQM of the normalised seeds of the tasks it shares with SAC in
-  which every task weighs the same, whatever its seed count (`stats.task_weighted_iqm`: rliable's
-  runs x tasks matrix, each task's seeds repeated to a common count; no seed is dropped), with a
-  stratified bootstrap (seeds resampled within each task, keeping its count).
+- Normalised score of a seed: its final return divided by its baseline variant's final-return IQM on
+  the same task (held fixed in the bootstrap). The baseline is the variant the runs name in their
+  `baseline` setting, else the SAC reference ("SAC-normalised", the rule when every baseline is SAC;
+  see runs.py). Tasks where the baseline's IQM is not positive, or the baseline has no runs, are left
+  out for the variants normalised to it (with a note). The aggregate per variant is the IQM of the
+  normalised seeds of the tasks it shares with its baseline in which every task weighs the same,
+  whatever its seed count (`stats.task_weighted_iqm`: rliable's runs x tasks matrix, each task's
+  seeds repeated to a common count; no seed is dropped), with a stratified bootstrap (seeds
+  resampled within each task, keeping its count).
+- Dyna vs its base (STFL Figure 1): the same aggregate per suite (Gym, DMC) for every variant
+  normalised to another variant (MBPO to SAC, ALM to ALM without Dyna); 1.0 means as good as its
+  base without Dyna.
 - Model error across variants: `model/pct_error_next_state` (error on s', the same quantity whatever
   the model's target). `model/pct_error` (error on the state part of the model's own target) is
   drawn only for residual-target models (target s'-s, as in STFL Figs 6-7), where it means the
@@ -37,7 +43,8 @@ import pandas as pd
 
 from dynalab.analysis import figures as F
 from dynalab.analysis import stats
-from dynalab.analysis.runs import ReportError, RunData, env_sort_key, load_runs, task_title, variant_sort_key
+from dynalab.analysis.runs import (SUITE_ORDER, SUITES, ReportError, RunData, env_sort_key, load_runs, parse_env,
+                                   task_title, variant_sort_key)
 
 __all__ = ["make_report", "ReportError"]
 
@@ -60,8 +67,8 @@ DIAGNOSTICS = [
 ]
 
 
-FIGURE_NAMES = ["curves_eval_return", "sac_normalised", "synthetic_ratio"] + [d[0] for d in DIAGNOSTICS] + [
-    "seconds_per_step"]
+FIGURE_NAMES = ["curves_eval_return", "sac_normalised", "dyna_vs_base", "synthetic_ratio"] + [
+    d[0] for d in DIAGNOSTICS] + ["seconds_per_step"]
 
 
 @dataclass
@@ -117,14 +124,27 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
                     F.curve_grid(fig_dir, "curves_eval_return", "Evaluation return (IQM over seeds, 95% CI)",
                                  "evaluation return", panels, colours, variants)))
 
-    # SAC-normalised summary.
-    per_task_norm, aggregate, norm_notes = sac_normalised(final, final_est, data.sac_variant, reps)
-    data.notes.extend(norm_notes)
-    if data.sac_variant and per_task_norm:
-        written.append((f"Final return relative to {data.sac_variant} per task (grouped by suite) and aggregated "
-                        "over tasks (IQM of SAC-normalised scores, every task weighing the same; stratified-bootstrap "
-                        "95% CI).",
-                        F.sac_normalised(fig_dir, per_task_norm, aggregate, colours, variants, data.sac_variant)))
+    # Normalised to each variant's baseline (SAC unless the runs name another).
+    norm = normalise_to_baselines(final, final_est, data.baselines, data.sac_variant, reps)
+    data.notes.extend(norm.notes + _budget_notes(runs, data.baselines, norm.per_task))
+    per_task_norm, aggregate = norm.per_task, norm.aggregate
+    only_sac = _only_sac(data)
+    if per_task_norm:
+        relative_to = (f"relative to {data.sac_variant}" if only_sac else
+                       "relative to each variant's baseline (named in the figure)")
+        scores = "SAC-normalised scores" if only_sac else "normalised scores"
+        written.append((f"Final return {relative_to} per task (grouped by suite) and aggregated over tasks (IQM of "
+                        f"{scores}, every task weighing the same; stratified-bootstrap 95% CI).",
+                        F.sac_normalised(fig_dir, per_task_norm, aggregate, colours, variants, data.baselines,
+                                         data.sac_variant)))
+    by_suite = suite_aggregates(norm.scores, data.baselines, reps)
+    if by_suite:
+        pairs = [f"{v} over {data.baselines[v]}" for v in variants if any(v in per for per in by_suite.values())]
+        written.append((f"STFL Figure 1 style: each variant's final return over its own base without Dyna ("
+                        f"{', '.join(pairs)}: each seed divided by its base's IQM on the same task, same tasks and "
+                        "budgets), aggregated per suite (IQM of the normalised seeds, every task weighing the same; "
+                        "stratified-bootstrap 95% CI). The dashed line at 1.0 is as good as its base without Dyna.",
+                        F.dyna_vs_base(fig_dir, by_suite, data.baselines, colours, variants)))
 
     # Synthetic-ratio curve.
     ratio_panels = synthetic_ratio_points(final, runs, reps)
@@ -162,7 +182,7 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
         for path in (fig_dir / f"{name}.png", fig_dir / f"{name}.pdf"):
             if path.name not in made:
                 path.unlink(missing_ok=True)
-    tables = _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, variants, data)
+    tables = _tables(runs, final, final_est, per_task_norm, aggregate, by_suite, secs, envs, variants, data)
     summary = out / "summary.md"
     summary.write_text(_summary_md(dirs, runs, tables, figures, reps, data, out))
     index = out / "index.html"
@@ -191,33 +211,119 @@ def _final_estimates(final: pd.DataFrame, reps: int) -> dict[tuple[str, str], F.
             for (env, variant), g in final.groupby(["env", "variant"])}
 
 
+@dataclass
+class Normalised:
+    """Final returns divided by each variant's baseline IQM on the same task (1.0 = as good as the baseline)."""
+
+    per_task: dict[str, dict[str, F.Estimate]]
+    """{env: {variant: its final-return IQM [CI] / its baseline's IQM}}; envs with no normalised variant are absent."""
+    scores: dict[str, dict[str, np.ndarray]]
+    """{variant: {env: the normalised final return of each seed, shape (seeds,)}}."""
+    aggregate: dict[str, F.Estimate]
+    """{variant: task-weighted IQM [95% stratified-bootstrap CI] of `scores[variant]` over its tasks}."""
+    notes: list[str]
+    """Tasks left out for some variants (baseline missing there, or its IQM not positive)."""
+
+
+def normalise_to_baselines(final: pd.DataFrame, final_est: dict[tuple[str, str], F.Estimate],
+                           baselines: dict[str, str], sac_variant: str | None, reps: int) -> Normalised:
+    """Normalise every variant in `baselines` ({variant: baseline variant}, see RunData) to its baseline, per task.
+
+    `final` is `final_scores` (one row per seed), `final_est` the per-(env, variant) IQM estimates. A seed's score
+    is its final return over the baseline's IQM on that task, held fixed in the bootstrap. A variant whose
+    baseline has no runs on a task, or a non-positive IQM there, is left out on that task with a note.
+    """
+    per_task: dict[str, dict[str, F.Estimate]] = {}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    missing: dict[tuple[str, str], list[str]] = {}  # (env, baseline) -> variants left out
+    for env, g in final.groupby("env"):
+        for variant, gv in g.groupby("variant"):
+            base = baselines.get(variant)
+            if base is None:
+                continue
+            ref = final_est.get((env, base))
+            if ref is None or not ref.point > 0:
+                missing.setdefault((env, base), []).append(variant)
+                continue
+            est = final_est[(env, variant)]
+            per_task.setdefault(env, {})[variant] = F.Estimate(est.point / ref.point, est.lo / ref.point,
+                                                               est.hi / ref.point)
+            scores.setdefault(variant, {})[env] = stats.normalise_to_reference(gv["value"].to_numpy(), ref.point)
+    aggregate = {v: F.Estimate(*stats.iqm_with_ci(list(per_env.values()), reps)) for v, per_env in scores.items()}
+    notes = [_left_out_note(env, base, variants, final_est.get((env, base)), base == sac_variant)
+             for (env, base), variants in sorted(missing.items(), key=lambda kv: (env_sort_key(kv[0][0]), kv[0][1]))]
+    return Normalised(per_task, scores, aggregate, notes)
+
+
 def sac_normalised(
     final: pd.DataFrame, final_est: dict[tuple[str, str], F.Estimate], sac_variant: str | None, reps: int
 ) -> tuple[dict[str, dict[str, F.Estimate]], dict[str, F.Estimate], list[str]]:
-    """Per task {variant: IQM/SAC-IQM with CI/SAC-IQM} and per variant the aggregate IQM of normalised scores.
-
-    Returns ({}, {}, notes) when there is no SAC reference.
-    """
-    notes: list[str] = []
+    """Every variant normalised to `sac_variant` (all baselines SAC): (per_task, aggregate, notes) as in
+    `normalise_to_baselines`. Returns ({}, {}, []) when there is no SAC reference."""
     if sac_variant is None:
-        return {}, {}, notes
-    per_task: dict[str, dict[str, F.Estimate]] = {}
-    pooled: dict[str, list[np.ndarray]] = {}
-    for env, g in final.groupby("env"):
-        ref = final_est.get((env, sac_variant))
-        if ref is None:
+        return {}, {}, []
+    norm = normalise_to_baselines(final, final_est, {v: sac_variant for v in final["variant"].unique()},
+                                  sac_variant, reps)
+    return norm.per_task, norm.aggregate, norm.notes
+
+
+def _left_out_note(env: str, base: str, variants: list[str], ref: F.Estimate | None, is_sac: bool) -> str:
+    """Why `variants` are not normalised on `env`: their baseline `base` has no runs there, or no positive IQM."""
+    variants = sorted(variants, key=variant_sort_key)
+    them = f"{', '.join(variants)} (normalised to it) {'is' if len(variants) == 1 else 'are'}"
+    if ref is None:
+        return f"{task_title(env)}: no {base} runs, so {them} left out of the normalised results on this task."
+    if is_sac:  # today's wording when SAC is the baseline
+        return (f"{task_title(env)}: SAC's final-return IQM is {ref.point:.4g} (not positive), so the task is left "
+                "out of the SAC-normalised results.")
+    return (f"{task_title(env)}: {base}'s final-return IQM is {ref.point:.4g} (not positive), so {them} left out of "
+            "the normalised results on this task.")
+
+
+def suite_aggregates(scores: dict[str, dict[str, np.ndarray]], baselines: dict[str, str], reps: int
+                     ) -> dict[str, dict[str, tuple[F.Estimate, int, int]]]:
+    """STFL Figure 1's numbers: {suite: {variant: (aggregate [CI], tasks, seeds)}} over each suite's tasks.
+
+    Only variants normalised to another variant (not references, normalised to themselves). The aggregate is
+    the same task-weighted IQM with a stratified-bootstrap CI as the all-task one, over the suite's tasks.
+    Suites come in runs.SUITE_ORDER (Gym, DMC), then any others.
+    """
+    out: dict[str, dict[str, tuple[F.Estimate, int, int]]] = {}
+    for variant, per_env in scores.items():
+        if baselines.get(variant, variant) == variant:
             continue
-        if not ref.point > 0:
-            notes.append(f"{task_title(env)}: SAC's final-return IQM is {ref.point:.4g} (not positive), so the task "
-                         "is left out of the SAC-normalised results.")
-            continue
-        per_task[env] = {}
-        for variant, gv in g.groupby("variant"):
-            est = final_est[(env, variant)]
-            per_task[env][variant] = F.Estimate(est.point / ref.point, est.lo / ref.point, est.hi / ref.point)
-            pooled.setdefault(variant, []).append(stats.normalise_to_reference(gv["value"].to_numpy(), ref.point))
-    aggregate = {v: F.Estimate(*stats.iqm_with_ci(scores, reps)) for v, scores in pooled.items()}
-    return per_task, aggregate, notes
+        by_suite: dict[str, list[np.ndarray]] = {}
+        for env, s in per_env.items():
+            by_suite.setdefault(parse_env(env)[0], []).append(s)
+        for suite, tasks in by_suite.items():
+            est = F.Estimate(*stats.iqm_with_ci(tasks, reps))
+            out.setdefault(suite, {})[variant] = (est, len(tasks), sum(len(t) for t in tasks))
+    def order(suite: str) -> tuple:
+        return (SUITE_ORDER.index(suite) if suite in SUITE_ORDER else len(SUITE_ORDER), suite)
+
+    return {suite: dict(sorted(out[suite].items(), key=lambda kv: variant_sort_key(kv[0])))
+            for suite in sorted(out, key=order)}
+
+
+def _budget_notes(runs: pd.DataFrame, baselines: dict[str, str], per_task: dict[str, dict[str, F.Estimate]]
+                  ) -> list[str]:
+    """A note per task where a variant and its baseline were configured for different numbers of env steps."""
+    steps = runs.groupby(["env", "variant"])["configured_steps"].agg(lambda x: sorted(set(x))).to_dict()
+    notes = []
+    for env in sorted(per_task, key=env_sort_key):
+        for variant in sorted(per_task[env], key=variant_sort_key):
+            base = baselines[variant]
+            if base != variant and steps[(env, variant)] != steps[(env, base)]:
+                fmt = lambda s: "/".join(map(F.format_steps, s))  # noqa: E731
+                notes.append(f"{task_title(env)}: {variant} ran {fmt(steps[(env, variant)])} env steps but its "
+                             f"baseline {base} ran {fmt(steps[(env, base)])}, so their ratio compares different "
+                             "budgets.")
+    return notes
+
+
+def _only_sac(data: RunData) -> bool:
+    """Whether every normalised variant is divided by the SAC reference (today's SAC-normalised wording applies)."""
+    return all(b in (v, data.sac_variant) for v, b in data.baselines.items())
 
 
 def synthetic_ratio_points(final: pd.DataFrame, runs: pd.DataFrame, reps: int) -> dict[str, dict[str, list]]:
@@ -304,7 +410,23 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%" if abs(x) >= 0.1 else f"{100 * x:.1f}%"
 
 
-def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, variants, data) -> dict[str, Table]:
+def _ratio(x: float) -> str:
+    """A normalised return as a ratio (1.00 = as good as the baseline), as STFL Figure 1's axis."""
+    return f"{x:.2f}" if abs(x) >= 0.1 else f"{x:.2g}"
+
+
+def _over(variant: str, data: RunData) -> str:
+    """'ALM / ALM without Dyna': a variant over its baseline; a reference (normalised to itself) alone."""
+    base = data.baselines[variant]
+    return variant if base == variant else f"{variant} / {base}"
+
+
+def _counted(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _tables(runs, final, final_est, per_task_norm, aggregate, by_suite, secs, envs, variants, data
+            ) -> dict[str, Table]:
     tables: dict[str, Table] = {}
     n_seeds = final.groupby(["env", "variant"]).size().to_dict()
     mixed = (final.groupby(["env", "variant"])["step"].nunique() > 1).to_dict()
@@ -320,7 +442,8 @@ def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, varian
             "lengths); see the Runs table." if any(mixed.values()) else "")
     tables["final"] = Table(["Task"] + variants, rows, note)
 
-    if data.sac_variant and per_task_norm:
+    only_sac = _only_sac(data)
+    if per_task_norm:
         norm_variants = [v for v in variants if any(v in per_task_norm[e] for e in per_task_norm)]
         rows = []
         for env in [e for e in envs if e in per_task_norm]:
@@ -329,7 +452,9 @@ def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, varian
                 est = per_task_norm[env].get(v)
                 cells.append("-" if est is None else f"{_pct(est.point)} [{_pct(est.lo)}, {_pct(est.hi)}]")
             rows.append([task_title(env)] + cells)
-        tables["normalised"] = Table(["Task"] + norm_variants, rows)
+        # With baselines other than SAC each column says what it was divided by ("ALM / ALM without Dyna").
+        headers = norm_variants if only_sac else [_over(v, data) for v in norm_variants]
+        tables["normalised"] = Table(["Task"] + headers, rows)
         rows, equal, unequal = [], [], []
         for v in norm_variants:
             est = aggregate[v]
@@ -342,8 +467,9 @@ def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, varian
                 per = f"{min(counts)}-{max(counts)} ‡"
                 unequal.append(f"{v} (" + ", ".join(f"{task_title(e)} {n}" for e, n in zip(tasks, counts))
                                + f"; repeated to {math.lcm(*counts)} per task)")
-            rows.append([v, _pct(est.point), f"[{_pct(est.lo)}, {_pct(est.hi)}]", str(len(tasks)), str(sum(counts)),
-                         per])
+            base = [] if only_sac else ["itself (reference)" if data.baselines[v] == v else data.baselines[v]]
+            rows.append([v] + base + [_pct(est.point), f"[{_pct(est.lo)}, {_pct(est.hi)}]", str(len(tasks)),
+                                      str(sum(counts)), per])
         note = "Every task weighs the same in the aggregate, whatever its seed count."
         if equal:
             note += (" Equal counts (seeds x tasks): " + "; ".join(equal) + ": rliable's IQM of that runs x tasks "
@@ -352,8 +478,19 @@ def _tables(runs, final, final_est, per_task_norm, aggregate, secs, envs, varian
             note += (" ‡ Unequal counts: " + "; ".join(unequal) + ": each seed of a task with n seeds counts 1/n of "
                      "that task, i.e. rliable's IQM of the runs x tasks matrix with each task's seeds repeated to the "
                      "least common multiple of the counts. No seed is dropped.")
-        tables["aggregate"] = Table(["Variant", "IQM of SAC-normalised final return", "95% CI", "Tasks", "Seeds",
-                                     "Seeds per task"], rows, note)
+        value = (["IQM of SAC-normalised final return"] if only_sac else
+                 ["Baseline (divided by)", "IQM of final return normalised to its baseline"])
+        tables["aggregate"] = Table(["Variant"] + value + ["95% CI", "Tasks", "Seeds", "Seeds per task"], rows, note)
+
+    if by_suite:
+        rows = []
+        for suite, per_variant in by_suite.items():
+            for v, (est, n_tasks, n_seeds) in per_variant.items():
+                rows.append([SUITES.get(suite, suite) or "(no suite)", v, data.baselines[v], _ratio(est.point),
+                             f"[{_ratio(est.lo)}, {_ratio(est.hi)}]", str(n_tasks), str(n_seeds)])
+        tables["dyna_vs_base"] = Table(
+            ["Suite", "Variant", "Base (divided by)", "IQM of final return / base's IQM", "95% CI", "Tasks", "Seeds"],
+            rows, "1.00 means as good as its base without Dyna; every task of the suite weighs the same.")
 
     if secs:
         rows = []
@@ -395,15 +532,16 @@ def _method(reps: int, data: RunData) -> str:
         "evaluation episodes) at its last evaluation, i.e. at the configured number of steps for a finished run and "
         "the latest evaluation for a run that is still going (see the Runs table). Seeds of the same task and "
         "variant pool across run folders; n is the number of seeds. "
-        f"**SAC-normalised** score: a seed's final return divided by {sac}'s final-return IQM on the same task "
-        "(a fixed divisor in the bootstrap; tasks where it is not positive are left out); per task this is the "
-        f"variant's IQM [CI] divided by {sac}'s IQM. The **aggregate** is the IQM of the normalised seeds of the tasks "
-        "the variant shares with SAC, in which every task weighs the same whatever its seed count (rliable's runs x "
+        + _normalised_method(data) +
+        "the same whatever its seed count (rliable's runs x "
         "tasks convention): with n seeds on every task it is rliable's `aggregate_iqm` of the (n runs x tasks) "
         "matrix; when tasks have unequal counts, each seed of a task with n seeds counts 1/n of that task, i.e. the "
         "IQM of the runs x tasks matrix in which each task's seeds are repeated to the least common multiple of the "
         "counts (no seed is dropped; the aggregate table lists the counts). Its CI uses the same stratified "
         "bootstrap (seeds resampled within each task, keeping the task's count). "
+        "**Dyna vs its base** (STFL Figure 1 style): the same aggregate over the tasks of each suite (Gym, DMC) "
+        "separately, for every variant normalised to another variant (e.g. MBPO to SAC, ALM to ALM without Dyna); 1.0 "
+        "means as good as its base without Dyna. "
         "**Training curves** show the IQM across seeds at each evaluation (or logging) step with a 95% bootstrap "
         "band (whole seeds resampled); a metric not logged at a step (e.g. `q/mean_synthetic` before the synthetic "
         "buffer holds data) is a gap there, never a zero. "
@@ -416,11 +554,54 @@ def _method(reps: int, data: RunData) -> str:
         "checkpoints), averaged over the variant's run folders; one env step advances all seeds of a run folder "
         "together, so compare runs with the same seeds per run on the same hardware. "
         "**Variants** are named by the run's label, else its algorithm; settings that differ between runs of the "
-        "same name on a task are appended, e.g. `MBPO (S=0.5)`."
+        "same name on a task are appended, e.g. `MBPO (S=0.5)`; settings an algorithm ignores (e.g. `sac.*` and "
+        "`model.*` for ALM, `alm.*` for the others) never split variants."
     )
 
 
+def _normalised_method(data: RunData) -> str:
+    """The method text on normalised scores, ending before "the same whatever its seed count"."""
+    sac = data.sac_variant or "SAC"
+    if _only_sac(data):
+        return (
+            f"**SAC-normalised** score: a seed's final return divided by {sac}'s final-return IQM on the same task "
+            "(a fixed divisor in the bootstrap; tasks where it is not positive are left out); per task this is the "
+            f"variant's IQM [CI] divided by {sac}'s IQM. The **aggregate** is the IQM of the normalised seeds of the "
+            "tasks the variant shares with SAC, in which every task weighs ")
+    return (
+        "**Normalised** score: a seed's final return divided by its baseline's final-return IQM on the same task "
+        "(a fixed divisor in the bootstrap). A variant's baseline is the variant its runs name in their `baseline` "
+        f"setting (e.g. ALM without Dyna for ALM), else {sac}; a baseline that names no baseline of its own is a "
+        "reference, normalised to itself as SAC is. Tasks where the baseline has no runs or a non-positive IQM are "
+        "left out for the variants normalised to it (see the notes); per task this is the variant's IQM [CI] divided "
+        "by its baseline's IQM. The **aggregate** is the IQM of the normalised seeds of the tasks the variant shares "
+        "with its baseline, in which every task weighs ")
+
+
+def _normalised_text(data: RunData) -> tuple[str, str, str]:
+    """(heading, per-task sentence, aggregate sentence) of the normalised section, in markdown."""
+    if _only_sac(data):
+        return ("Relative to SAC",
+                f"Per task: the variant's final-return IQM [95% CI] as a percentage of {data.sac_variant}'s IQM.",
+                "Aggregate over tasks: IQM of the SAC-normalised final returns, every task weighing the same "
+                "whatever its seed count; stratified bootstrap.")
+    return ("Relative to each variant's baseline",
+            "Per task: the variant's final-return IQM [95% CI] as a percentage of its baseline's IQM on the same "
+            "task; each column is `variant / baseline` (a reference, normalised to itself, stands alone).",
+            "Aggregate over tasks: IQM of the final returns normalised to each variant's baseline, every task "
+            "weighing the same whatever its seed count; stratified bootstrap.")
+
+
+DYNA_VS_BASE_TEXT = ("STFL Figure 1 style: each variant's final return over its own base without Dyna (the baseline it "
+                     "is normalised to, e.g. MBPO over SAC, ALM over ALM without Dyna) on the same tasks, aggregated "
+                     "per suite: IQM of the normalised seeds [95% stratified-bootstrap CI], every task weighing the "
+                     "same.")
+
+
 def _no_normalisation(data: RunData) -> str:
+    if not _only_sac(data):
+        return ("No normalised results: no variant shares a task with a baseline that has a positive final return "
+                "there yet.")
     if data.sac_variant is None:
         return ("No SAC reference runs (algo sac with an empty label or the label SAC), so no SAC-normalised "
                 "results.")
@@ -441,15 +622,15 @@ def _summary_md(dirs, runs, tables, figures, reps, data, out: Path) -> str:
         tables["final"].markdown(),
         "",
     ]
+    heading, per_task, aggregate = _normalised_text(data)
     if "normalised" in tables:
-        parts += ["## Relative to SAC", "",
-                  f"Per task: the variant's final-return IQM [95% CI] as a percentage of {data.sac_variant}'s IQM.",
-                  "", tables["normalised"].markdown(), "",
-                  "Aggregate over tasks: IQM of the SAC-normalised final returns, every task weighing the same "
-                  "whatever its seed count; stratified bootstrap.",
-                  "", tables["aggregate"].markdown(), ""]
+        parts += [f"## {heading}", "", per_task, "", tables["normalised"].markdown(), "", aggregate, "",
+                  tables["aggregate"].markdown(), ""]
     else:
-        parts += ["## Relative to SAC", "", _no_normalisation(data), ""]
+        parts += [f"## {heading}", "", _no_normalisation(data), ""]
+    if "dyna_vs_base" in tables:
+        parts += ["## Dyna vs its base (STFL Figure 1)", "", DYNA_VS_BASE_TEXT, "", tables["dyna_vs_base"].markdown(),
+                  ""]
     if "seconds" in tables:
         parts += ["## Seconds per environment step", "", tables["seconds"].markdown(), ""]
     parts += ["## Runs", "", tables["runs"].markdown(), "", "## Method", "", _method(reps, data), ""]
@@ -491,15 +672,21 @@ def _index_html(dirs, runs, tables, figures, reps, data) -> str:
             f"{runs['variant'].nunique()} variant(s).</p>"]
     body.append("<h2>Final evaluation return</h2><p>IQM over seeds [95% stratified-bootstrap CI]; n = seeds.</p>")
     body.append(tables["final"].html())
-    if "normalised" in tables:
+    heading, per_task, aggregate = _normalised_text(data)
+    if "normalised" in tables and _only_sac(data):  # today's wording
         body.append(f"<h2>Relative to SAC</h2><p>Per task: final-return IQM [95% CI] as a percentage of "
                     f"{html.escape(data.sac_variant)}'s IQM.</p>")
-        body.append(tables["normalised"].html())
-        body.append("<p>Aggregate over tasks: IQM of the SAC-normalised final returns, every task weighing the same "
-                    "whatever its seed count; stratified bootstrap.</p>")
-        body.append(tables["aggregate"].html())
+    elif "normalised" in tables:
+        body.append(f"<h2>{html.escape(heading)}</h2><p>{_md_inline(per_task)}</p>")
     else:
-        body.append(f"<h2>Relative to SAC</h2><p>{html.escape(_no_normalisation(data))}</p>")
+        body.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(_no_normalisation(data))}</p>")
+    if "normalised" in tables:
+        body.append(tables["normalised"].html())
+        body.append(f"<p>{_md_inline(aggregate)}</p>")
+        body.append(tables["aggregate"].html())
+    if "dyna_vs_base" in tables:
+        body.append(f"<h2>Dyna vs its base (STFL Figure 1)</h2><p>{html.escape(DYNA_VS_BASE_TEXT)}</p>")
+        body.append(tables["dyna_vs_base"].html())
     if "seconds" in tables:
         body.append("<h2>Seconds per environment step</h2>" + tables["seconds"].html())
     body.append("<h2>Figures</h2>")

@@ -5,12 +5,22 @@ A run folder is any folder holding a `config.json` (written by `dynalab train`);
 not runs and are not searched. A run that is still going is read as far as it has got.
 
 Variants. A run's variant is its `label`, or the algorithm's display name (SAC, MBPO, FTFL, Tuned
-FTFL) when the label is empty. When runs with the same name on the same task differ in a setting
-that changes results (e.g. a synthetic-ratio sweep), every run of that name, on every task, gets
-those settings appended, e.g. "MBPO (S=0.5)" and "MBPO (S=0.95)", so that different experiments
-never pool. Settings that do not change what is learned (seed, seeds, steps, eval/log/checkpoint
-cadence, label) and, for SAC, the Dyna-only settings it ignores, are not compared. The algorithm
-is compared: one label on two algorithms names two variants ("X (algo=sac)", "X (algo=mbpo)").
+FTFL, ALM, ALM without Dyna) when the label is empty. When runs with the same name on the same task
+differ in a setting that changes results (e.g. a synthetic-ratio sweep), every run of that name, on
+every task, gets those settings appended, e.g. "MBPO (S=0.5)" and "MBPO (S=0.95)", so that
+different experiments never pool. Settings that do not change what is learned (seed, seeds, steps,
+eval/log/checkpoint cadence, label, baseline) are not compared, nor the settings an algorithm
+ignores: SAC ignores the Dyna-only and `alm.*` settings, ALM (with or without Dyna) the `sac.*`,
+`model.*` and Dyna-only ones, MBPO and FTFL the `alm.*` ones. The algorithm is compared: one label
+on two algorithms names two variants ("X (algo=sac)", "X (algo=mbpo)").
+
+Baselines. Reports normalise each variant to its baseline variant on the same task: the variant
+its runs name in `baseline` (an exact variant name, or a label/display name; when several variants
+carry that name, the one with default settings), else the SAC reference (algo sac labelled '' or
+'SAC'; if several, the one with default settings). A variant that is some variant's baseline and
+names none itself is a reference: normalised to itself, as SAC. Runs of one variant that name
+different baselines are refused (ReportError); a baseline that cannot be resolved leaves its
+variants unnormalised, with a note.
 
 Seeds from different run folders of the same task and variant pool together. The same seed in two
 run folders of one task and variant is refused (ReportError) rather than silently de-duplicated:
@@ -34,19 +44,27 @@ from dynalab import config as config_lib
 from dynalab.config import ConfigError, TrainConfig
 
 NOT_RUNS = {"checkpoints", "nonfinite"}
-DISPLAY = {"sac": "SAC", "mbpo": "MBPO", "ftfl": "FTFL", "ftfl-tuned": "Tuned FTFL"}
+DISPLAY = {"sac": "SAC", "mbpo": "MBPO", "ftfl": "FTFL", "ftfl-tuned": "Tuned FTFL", "alm": "ALM",
+           "alm-nodyna": "ALM without Dyna"}
 SUITES = {"gym": "Gym", "dmc": "DMC"}
 SUITE_ORDER = ("gym", "dmc")
 
 # Settings that do not change what a run learns: never used to tell variants apart.
-NOT_COMPARED = {"label", "env", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
+NOT_COMPARED = {"label", "baseline", "env", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
                 "checkpoint_every", "keep_checkpoints"}
-# Settings SAC ignores (Dyna-style algorithms only).
+# Settings of the Dyna-style algorithms that roll out a state model (MBPO, FTFL); SAC and ALM ignore them.
 DYNA_ONLY = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule", "synthetic_retain_steps",
              "model_refit_every", "reset_model_every", "perfect_model", "model.")
+# Settings each algorithm ignores (a trailing "." names a whole group), so never tell its variants apart.
+# ALM is built on DDPG with its own latent model: SAC's and the state model's settings do not reach it.
+IGNORED = {"sac": DYNA_ONLY + ("alm.",), **{a: DYNA_ONLY + ("sac.",) for a in config_lib.ALM_ALGOS}}
+IGNORED_DEFAULT = ("alm.",)
+# Algorithms without a synthetic ratio (no synthetic batches): their `synthetic_ratio` column is NaN.
+NO_SYNTHETIC = ("sac",) + config_lib.ALM_ALGOS
 SHORT_NAMES = {"synthetic_ratio": "S"}
 
-RUN_COLUMNS = ["run", "path", "env", "suite", "task", "algo", "label", "base_variant", "variant", "ratio_group",
+RUN_COLUMNS = ["run", "path", "env", "suite", "task", "algo", "label", "baseline", "base_variant", "variant",
+               "ratio_group",
                "synthetic_ratio", "is_sac", "state_target", "seeds", "program_seeds", "configured_steps", "last_step",
                "finished"]
 METRIC_COLUMNS = ["run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "synthetic_ratio",
@@ -66,9 +84,13 @@ class RunData:
     metrics: pd.DataFrame
     """Long format: one row per (run, seed, step, metric) (METRIC_COLUMNS)."""
     sac_variant: str | None
-    """The variant other variants are normalised to (None: no SAC runs, or no single SAC variant)."""
+    """The SAC reference: variants without a `baseline` are normalised to it (None: no SAC runs, or no single
+    SAC variant)."""
     notes: list[str] = field(default_factory=list)
     """Things the reader should know (runs skipped, SAC reference ambiguous, ...)."""
+    baselines: dict[str, str] = field(default_factory=dict)
+    """{variant: the variant it is normalised to}; a reference (SAC, or a baseline naming none itself) maps to
+    itself; a variant whose baseline could not be resolved is absent."""
 
 
 def find_run_folders(dirs: list[Path]) -> list[Path]:
@@ -146,13 +168,14 @@ def read_metrics(path: Path) -> pd.DataFrame:
 def _compared_settings(cfg: TrainConfig) -> dict[str, str]:
     """The result-affecting settings of a run, as canonical JSON strings."""
     flat = config_lib.flatten(config_lib.to_dict(cfg))
-    if flat.get("buffer_capacity") == min(1_000_000, cfg.steps):
-        flat["buffer_capacity"] = None  # the resolved default depends on `steps`, which is not compared
+    if flat.get("buffer_capacity") == dataclasses.replace(cfg, buffer_capacity=None).capacity:
+        flat["buffer_capacity"] = None  # the resolved default depends on `steps` (and task), which are not compared
+    ignored = IGNORED.get(cfg.algo, IGNORED_DEFAULT)
     out = {}
     for k, v in flat.items():
         if k in NOT_COMPARED:
             continue
-        if cfg.algo == "sac" and any(k == d or (d.endswith(".") and k.startswith(d)) for d in DYNA_ONLY):
+        if any(k == d or (d.endswith(".") and k.startswith(d)) for d in ignored):
             continue
         out[k] = json.dumps(v, sort_keys=True)
     return out
@@ -213,8 +236,8 @@ def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData
         base = cfg.label or DISPLAY.get(cfg.algo, cfg.algo)
         runs.append({
             "run": name, "path": str(folder), "env": cfg.env, "suite": suite, "task": task, "algo": cfg.algo,
-            "label": cfg.label, "base_variant": base,
-            "synthetic_ratio": math.nan if cfg.algo == "sac" else float(cfg.synthetic_ratio),
+            "label": cfg.label, "baseline": cfg.baseline.strip(), "base_variant": base,
+            "synthetic_ratio": math.nan if cfg.algo in NO_SYNTHETIC else float(cfg.synthetic_ratio),
             "is_sac": cfg.algo == "sac" and cfg.label.strip().lower() in ("", "sac"),
             "state_target": state_target(cfg),
             "seeds": sorted(int(s) for s in m["seed"].unique()), "program_seeds": cfg.seeds,
@@ -226,6 +249,7 @@ def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData
         raise ReportError("none of the run folders has any metrics yet.")
     _name_variants(runs)
     sac_variant = _sac_reference(runs, notes)
+    baselines = resolve_baselines(runs, sac_variant, notes)
     _check_seeds(runs)
 
     run_table = pd.DataFrame(runs).drop(columns=["_settings", "_default"])
@@ -240,13 +264,20 @@ def load_runs(dirs: list[Path], metrics: Iterable[str] | None = None) -> RunData
     metrics = pd.concat(parts, ignore_index=True)[METRIC_COLUMNS]
     for col in ("run", "env", "suite", "task", "algo", "variant", "base_variant", "ratio_group", "metric"):
         metrics[col] = metrics[col].astype("category")
-    return RunData(runs=run_table, metrics=metrics, sac_variant=sac_variant, notes=notes)
+    return RunData(runs=run_table, metrics=metrics, sac_variant=sac_variant, notes=notes, baselines=baselines)
+
+
+def _algo_defaults(algo: str) -> TrainConfig:
+    """What `--algo` runs with unless told otherwise (ALM sets its own replay ratio, batch, warm-up)."""
+    from dynalab.algos import ALGOS, default_config  # lazy: pulls in JAX and the learners
+
+    return default_config(algo) if algo in ALGOS else TrainConfig()
 
 
 def state_target(cfg: TrainConfig) -> str:
     """What a run's learned model predicts for the state: "s'-s" (residual, MBPO), "s'" (direct, FTFL),
-    or "" (no learned model: SAC, or a perfect model)."""
-    if cfg.algo == "sac" or cfg.perfect_model:
+    or "" (no learned state model: SAC, a perfect model, or ALM, whose model predicts a latent state)."""
+    if cfg.algo in NO_SYNTHETIC or cfg.perfect_model:
         return ""
     return "s'" if cfg.model.direct_next_state else "s'-s"
 
@@ -271,8 +302,9 @@ def _name_variants(runs: list[dict]) -> None:
     varying: dict[str, set[str]] = {}
     for (_, base), per_key in values.items():
         varying.setdefault(base, set()).update(k for k, vs in per_key.items() if len(vs) > 1)
-    default_settings = _compared_settings(TrainConfig())
+    defaults: dict[str, dict[str, str]] = {}  # per algorithm: its ignored settings are not compared
     for r in runs:
+        default_settings = defaults.setdefault(r["algo"], _compared_settings(_algo_defaults(r["algo"])))
         keys = sorted(varying[r["base_variant"]], key=_setting_order)
         parts = [_format_setting(k, r["_settings"].get(k, "null")) for k in keys]
         r["variant"] = r["base_variant"] + (f" ({', '.join(parts)})" if parts else "")
@@ -292,6 +324,67 @@ def _sac_reference(runs: list[dict], notes: list[str]) -> str | None:
                      "reference; label the others differently.")
         return None
     return candidates[0] if candidates else None
+
+
+def resolve_baselines(runs: list[dict], sac_variant: str | None, notes: list[str]) -> dict[str, str]:
+    """{variant: the variant reports normalise it to} (see the module docstring); references map to themselves.
+
+    `runs` are load_runs' run dicts (with variant, base_variant, baseline, is_sac and _default set). A variant
+    whose baseline cannot be resolved is left out, with a note. Raises ReportError when the runs of one
+    variant name different baselines.
+    """
+    requested: dict[str, tuple[str, str]] = {}  # variant -> (baseline as written, first run naming it)
+    for r in runs:
+        first = requested.setdefault(r["variant"], (r["baseline"], r["run"]))
+        if first[0] != r["baseline"]:
+            raise ReportError(
+                f"runs of {r['variant']} name different baselines ({_quoted(first[0])} in {first[1]}, "
+                f"{_quoted(r['baseline'])} in {r['run']}); give every run of a variant the same --baseline, or the "
+                "runs different --label values."
+            )
+    resolved = {v: _baseline_variant(v, name, runs, sac_variant, notes) for v, (name, _) in requested.items()}
+    references = {b for b in resolved.values() if b is not None}
+    out = {}
+    for v, b in resolved.items():
+        # A base algorithm that names no baseline of its own (e.g. ALM without Dyna for ALM) is the reference
+        # of its family, as SAC is: dividing it by SAC would compare two unrelated base algorithms.
+        if v in references and not requested[v][0]:
+            out[v] = v
+        elif b is not None:
+            out[v] = b
+    unnormalised = sorted((v for v, (name, _) in requested.items() if not name and v not in out), key=variant_sort_key)
+    if unnormalised and out and not any(r["is_sac"] for r in runs):
+        notes.append(f"No SAC reference runs (algo sac with an empty label or the label SAC), so "
+                     f"{', '.join(unnormalised)} (whose baseline is SAC) {'is' if len(unnormalised) == 1 else 'are'} "
+                     "not normalised.")
+    return out
+
+
+def _quoted(baseline: str) -> str:
+    return f"'{baseline}'" if baseline else "none (SAC)"
+
+
+def _baseline_variant(variant: str, name: str, runs: list[dict], sac_variant: str | None,
+                      notes: list[str]) -> str | None:
+    """The variant that `name` (a run's `baseline`; empty: SAC) names for `variant`, or None (with a note)."""
+    if not name:
+        return sac_variant
+    variants = {r["variant"] for r in runs}
+    if name in variants:
+        return name
+    candidates = sorted({r["variant"] for r in runs if r["base_variant"] == name}, key=variant_sort_key)
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        defaults = sorted({r["variant"] for r in runs if r["base_variant"] == name and r["_default"]})
+        if len(defaults) == 1:
+            return defaults[0]
+        notes.append(f"{variant} is not normalised: several variants ({', '.join(candidates)}) qualify as its "
+                     f"baseline {name}; give the runs of the one meant a label of its own and name that.")
+        return None
+    notes.append(f"{variant} names the baseline '{name}', but no run has that name, so it is not normalised; the "
+                 f"variants are: {', '.join(sorted(variants, key=variant_sort_key))}.")
+    return None
 
 
 def _check_seeds(runs: list[dict]) -> None:

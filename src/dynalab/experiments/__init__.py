@@ -99,7 +99,8 @@ def load(name_or_path: str, scale: float = 1.0, overrides: dict[str, Any] | None
 def scale_steps(cfg: TrainConfig, scale: float) -> TrainConfig:
     """Shrink the experiment's timeline by `scale` (a smoke run of the same experiment), keeping it valid.
 
-    Steps, warm-up, reset and checkpoint intervals and the horizon schedule shrink in proportion.
+    Steps, warm-up, reset and checkpoint intervals, the horizon schedule and ALM's exploration
+    schedule shrink in proportion.
     Evaluation and logging shrink too, but to no fewer than steps/10 and steps/50 env steps:
     an evaluation costs whole episodes at any scale. The model refit interval is per-step
     compute, not timeline: it stays, capped at steps/4 so a smoke run still refits.
@@ -117,6 +118,8 @@ def scale_steps(cfg: TrainConfig, scale: float) -> TrainConfig:
     changes["synthetic_retain_steps"] = max(1, round(cfg.synthetic_retain_steps * scale))
     if cfg.buffer_capacity is None and changes["steps"] < cfg.batch_size:
         changes["buffer_capacity"] = cfg.batch_size  # the default min(1e6, steps) could not fill one batch
+    # ALM's exploration std decays over post-warm-up steps: part of the timeline.
+    changes["alm"] = dataclasses.replace(cfg.alm, std_duration=max(1, round(cfg.alm.std_duration * scale)))
     if cfg.horizon_schedule is not None:
         start, end, lo, hi = cfg.horizon_schedule
         changes["horizon_schedule"] = (round(start * scale), max(round(end * scale), round(start * scale) + 1), lo, hi)
