@@ -85,6 +85,7 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
         written = sum(f.stat().st_size for f in path.iterdir())
         saved = checkpoint.read_meta(path)
     capacity = full_capacity(cfg)
+    fullest = max(saved["learner"], key=lambda leaf: leaf["fill"] or 0, default=None)
     full_learner = checkpoint.nbytes(_full_state(trainer, capacity))
     # The full-size checkpoint: this one with every buffer filled (metrics.csv, which grows
     # by a few hundred kB per seed over a long run, is left at its size here).
@@ -95,8 +96,9 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
     return {
         "write_seconds": seconds,
         "bytes_written": written,
-        "buffer_fill": max([leaf["fill"] or 0 for leaf in saved["learner"]], default=0),
-        "bench_capacity": trainer.cfg.capacity,
+        # The fullest buffer's rows and its allocated rows (leaves are (members, capacity, ...)).
+        "buffer_fill": fullest["fill"] or 0 if fullest else 0,
+        "bench_capacity": fullest["shape"][1] if fullest else trainer.cfg.capacity,
         "bench_state_full_bytes": checkpoint.nbytes(trainer.state),
         "full_capacity": capacity,
         "full_learner_bytes": full_learner,

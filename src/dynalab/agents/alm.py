@@ -76,33 +76,50 @@ class ALMConfig:
     """STFL Table 3 and the authors' `cfgs/agent/alm.yaml`, plus the fixed constants of their code."""
 
     latent_dim: int = 50
+    """Z: dimension of the latent state (encoder and latent model outputs)."""
     hidden: int = 512
     """Width of the two hidden layers of every net but the latent model."""
     model_hidden: int = 1024
+    """Width of the latent model's two hidden layers."""
     horizon: int = 3
     """K: length of the model-loss sequences and of the actor's imagination."""
     td_lambda: float = 0.95
+    """lambda of the actor's lambda-returns along the imagination."""
     discount: float = 0.99
+    """gamma, of the critic's TD target and the lambda-returns."""
     tau: float = 0.005
+    """Polyak rate of the target encoder and the target critic, every update."""
     lr: float = 1e-4
+    """Adam learning rate of all four optimiser groups."""
     adam_eps: float = 1e-8
+    """Adam epsilon of all four optimiser groups."""
     adam_b1: float = 0.9
+    """Adam beta1."""
     adam_b2: float = 0.999
+    """Adam beta2."""
     max_grad_norm: float = 100.0
     """Each optimiser group's global gradient norm is clipped to this before Adam."""
     classifier_reward_weight: float = 0.1
+    """Weight of the classifier's log-odds in the actor's imagined reward."""
     noise_clip: float = 0.3
     """Learning-side exploration noise is clipped to +-noise_clip; acting noise is not."""
     std_start: float = 1.0
+    """Exploration std at the first learning step."""
     std_end: float = 0.1
+    """Exploration std after --alm.std-duration learning steps."""
     std_duration: int = 100_000
     """Exploration std goes linearly from std_start to std_end over this many post-warm-up steps."""
     # Fixed constants of the authors' code (models.py, utils/torch_utils.py).
     mean_bound: float = 30.0
+    """Gaussian heads' means are 30 tanh(m / 30)."""
     std_min: float = 0.1
+    """Soft lower bound of the Gaussian heads' std."""
     std_max: float = 10.0
+    """Soft upper bound of the Gaussian heads' std."""
     action_eps: float = 1e-6
+    """Noisy actions are clamped to [-1 + eps, 1 - eps]."""
     layernorm_eps: float = 1e-5
+    """LayerNorm epsilon of the reward, classifier and critic nets."""
 
 
 # --- networks -----------------------------------------------------------------------

@@ -331,8 +331,8 @@ def dyna_vs_base(
             ax.grid(axis="x", visible=False)
         axes[0].set_ylim(min(0.0, bottom - pad), top + 2 * pad)
         axes[0].set_ylabel("final return / base's final return\n(task-weighted IQM, 95% CI)")
-        fig.suptitle("STFL Figure 1 style: each variant over its own base without Dyna (same tasks and budgets;\n"
-                     "dashed line = 1.0, as good as its base)")
+        fig.suptitle("STFL Figure 1 style: each variant over its own base\n"
+                     "without Dyna (same tasks and budgets; dashed line: as good as its base)", fontsize="medium")
         return save(fig, out_dir, "dyna_vs_base")
 
 
