@@ -5,7 +5,9 @@
 # 30,000 env steps each; three processes sharing the GPU), then benches ALM and MBPO on the same
 # machine. Everything lands in $OUT/alm_check.tgz (metrics, configs, run.json, bench JSON, logs).
 # Run from the repository root on the device (see ../shared/device/README.md):
-#   bash .devsite/install.sh && export PYTHONPATH=/tmp/site:$PWD/src MUJOCO_GL=egl && bash scripts/device_alm_check.sh
+#   bash .devsite/install.sh && export PYTHONPATH=/tmp/site:$PWD/src && bash scripts/device_alm_check.sh
+# (dynalab sets MUJOCO_GL to a backend the machine has; the H200 image has no libEGL, where
+# MUJOCO_GL=egl made every run fail at import, so the recorded run used MUJOCO_GL=disable.)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 WORK=/tmp/alm_check

@@ -1,5 +1,8 @@
 """dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL."""
 
+import ctypes.util as _ctypes_util
+import os as _os
+
 import jax as _jax
 
 # JAX's CPU async dispatch can hang forever in BlockUntilReady (jax-ml/jax#25861; we hit it in a
@@ -8,3 +11,17 @@ import jax as _jax
 _jax.config.update("jax_cpu_enable_async_dispatch", False)
 
 __version__ = "0.1.0"
+
+
+def choose_mujoco_gl() -> str:
+    """Set MUJOCO_GL, unless the user did, to a rendering backend this machine has; returns it.
+
+    dm_control picks its OpenGL backend when it is first imported, and a backend whose library is
+    missing fails there with a traceback, even for tasks that never render (GPU images without
+    libEGL do this). So: EGL where libEGL exists, else OSMesa where it exists, else "disable"
+    (rendering then fails with the registry's one-line error naming MUJOCO_GL).
+    """
+    if "MUJOCO_GL" not in _os.environ:
+        found = [gl for gl, lib in (("egl", "EGL"), ("osmesa", "OSMesa")) if _ctypes_util.find_library(lib)]
+        _os.environ["MUJOCO_GL"] = found[0] if found else "disable"
+    return _os.environ["MUJOCO_GL"]

@@ -290,7 +290,9 @@ def _condense(report: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    from dynalab import choose_mujoco_gl
+
+    choose_mujoco_gl()
     from dynalab.algos import default_config
     from dynalab.checkpoint import CheckpointError
     from dynalab.envs import UnknownEnvError

@@ -72,8 +72,9 @@ def _attempt(cfg_dict: dict[str, Any], folder: str, progress: bool) -> dict[str,
     This is the body of the Ray task too, so it takes plain data (the config as a dict) and
     imports dynalab first, which configures JAX in a fresh worker as in the driver.
     """
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    import dynalab  # noqa: F401  (sets JAX's CPU dispatch flag before anything compiles)
+    import dynalab  # (sets JAX's CPU dispatch flag before anything compiles)
+
+    dynalab.choose_mujoco_gl()
     from dynalab.rundir import plan_run
     from dynalab.train import Preempted, train
 
