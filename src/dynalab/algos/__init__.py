@@ -11,7 +11,7 @@ from dynalab.algos.base import Learner
 from dynalab.config import TrainConfig
 from dynalab.types import EnvSpec
 
-# FTFL-tuned's larger model: twice the width of STFL's 200 units at the same depth. Seed 001
+# FTFL-tuned's larger model: twice the width of STFL's 200 units at the same depth. The FTFL paper
 # reports only "increased model capacity" helping on the humanoid tasks; doubling the width is
 # the smallest clearly larger model, and --model.width/--model.depth change it.
 FTFL_TUNED_WIDTH = 400
