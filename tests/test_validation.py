@@ -200,8 +200,10 @@ def test_resume_command_continues_a_killed_run(finished_run, tmp_path):
     assert same(run) == same(finished_run)
 
 
-def test_sigterm_checkpoints_then_stops_and_resumes_exactly(finished_run, tmp_path, monkeypatch, capsys):
-    """Preemption: SIGTERM mid-run writes a checkpoint of the current step and exits with 143."""
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_sigterm_or_ctrl_c_checkpoints_then_stops_and_resumes_exactly(name, code, finished_run, tmp_path, monkeypatch,
+                                                                       capsys):
+    """Preemption or a first Ctrl-C mid-run writes a checkpoint of the current step and exits."""
     import signal
 
     from dynalab.train import Trainer
@@ -211,14 +213,15 @@ def test_sigterm_checkpoints_then_stops_and_resumes_exactly(finished_run, tmp_pa
     def preempted(self):
         res = step(self)
         if self.env_step == 50:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, name))
         return res
 
     monkeypatch.setattr(Trainer, "step", preempted)
     out = tmp_path / "run"
     with pytest.raises(SystemExit) as exc:
         main(["train", *BASE, "--out", str(out), "--no-progress"])
-    assert exc.value.code == 143 and "stopped by SIGTERM at env step 50" in capsys.readouterr().err
+    assert exc.value.code == code and f"stopped by {name} at env step 50" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored after the run
     assert checkpoint.read_meta(checkpoint.latest(out / "checkpoints"))["step"] == 50
     monkeypatch.setattr(Trainer, "step", step)
     main(["train", *BASE, "--out", str(out), "--no-progress"])

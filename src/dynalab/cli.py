@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(3)
     except Preempted as e:
         print(f"dynalab: {e}", file=sys.stderr)
-        sys.exit(143)
+        sys.exit(130 if e.signal_name == "SIGINT" else 143)
     except BrokenPipeError:  # e.g. `dynalab envs | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except KeyboardInterrupt:

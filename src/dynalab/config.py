@@ -194,6 +194,7 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     except UnknownEnvError as e:
         raise ConfigError(str(e)) from None
     _check_termination(cfg)
+    _validate_alm(cfg)
     for name in ("seeds", "steps", "replay_ratio", "batch_size", "eval_every", "eval_episodes", "log_every"):
         _positive(name, getattr(cfg, name))
     if cfg.seed < 0:
@@ -208,7 +209,11 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     if cfg.buffer_capacity is not None:
         _positive("buffer_capacity", cfg.buffer_capacity)
     if cfg.capacity < cfg.batch_size:
-        raise ConfigError(f"buffer capacity ({cfg.capacity}) must be at least --batch-size ({cfg.batch_size}).")
+        how = "--buffer-capacity" if cfg.buffer_capacity is not None else "the buffer capacity (capped at --steps)"
+        raise ConfigError(f"{how} ({cfg.capacity}) must be at least --batch-size ({cfg.batch_size}).")
+    if cfg.algo in ALM_ALGOS and cfg.alm.horizon > cfg.capacity:
+        raise ConfigError(f"--alm.horizon ({cfg.alm.horizon}) cannot exceed the buffer capacity ({cfg.capacity}): "
+                          "no sequence that long could ever be stored.")
     s = cfg.sac
     for name in ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "adam_eps", "log_std_init_scale"):
         if not getattr(s, name) > 0:
@@ -247,7 +252,6 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         )
     if not m.lr > 0:
         raise ConfigError(f"--model.lr must be > 0, got {m.lr}.")
-    _validate_alm(cfg)
     if not 0 < m.holdout_ratio < 1:
         raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
 
@@ -267,10 +271,12 @@ def _validate_alm(cfg: TrainConfig) -> None:
         raise ConfigError(f"--alm.tau must be in (0, 1], got {a.tau}.")
     if not 0 <= a.td_lambda <= 1:
         raise ConfigError(f"--alm.td-lambda must be in [0, 1], got {a.td_lambda}.")
-    if not (a.std_start >= a.std_end and a.noise_clip >= 0 and a.classifier_reward_weight >= 0):
-        raise ConfigError(f"--alm.std-start must be >= --alm.std-end, and --alm.noise-clip and "
-                          f"--alm.classifier-reward-weight >= 0; got {a.std_start}, {a.std_end}, {a.noise_clip}, "
-                          f"{a.classifier_reward_weight}.")
+    if not a.std_start >= a.std_end:
+        raise ConfigError(f"--alm.std-start ({a.std_start}) must be >= --alm.std-end ({a.std_end}): the exploration "
+                          "std decays.")
+    for name in ("noise_clip", "classifier_reward_weight"):
+        if not getattr(a, name) >= 0:
+            raise ConfigError(f"--alm.{name.replace('_', '-')} must be >= 0, got {getattr(a, name)}.")
     if cfg.algo not in ALM_ALGOS:
         return
     for name, value in (("reset_agent_every", cfg.reset_agent_every), ("reset_model_every", cfg.reset_model_every),
@@ -278,6 +284,26 @@ def _validate_alm(cfg: TrainConfig) -> None:
         if value:
             raise ConfigError(f"--{name.replace('_', '-')} is defined for the SAC-based algorithms only "
                               f"(sac, {', '.join(MODEL_ALGOS)}), not for --algo {cfg.algo}.")
+
+
+# Settings of the SAC family's model rollouts, which ALM does not have.
+DYNA_FIELDS = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule",
+               "synthetic_retain_steps", "model_refit_every", "reset_model_every", "perfect_model", "model")
+
+
+def ignored_settings(cfg: TrainConfig) -> list[str]:
+    """Flags set away from their defaults that `cfg.algo` never reads (e.g. --sac.tau for ALM).
+
+    Not an error, because a preset's shared defaults and `--set` apply to every variant; the CLI
+    and the sweep print them so that nobody believes they took effect.
+    """
+    unused = {"sac": ("alm",) + DYNA_FIELDS}.get(cfg.algo, ("alm",))
+    if cfg.algo in ALM_ALGOS:
+        unused = ("sac",) + DYNA_FIELDS
+    base = flatten(to_dict(TrainConfig(algo=cfg.algo)))
+    have = flatten(to_dict(cfg))
+    return sorted(f"--{k.replace('_', '-')}" for k, v in have.items()
+                  if k.split(".")[0] in unused and v != base.get(k))
 
 
 def _check_termination(cfg: TrainConfig) -> None:

@@ -212,7 +212,7 @@ def run_sweep(trials: list[Trial], out: Path, ray_address: str | None = None, re
                     result = _attempt(config_lib.to_dict(t.cfg), str(out / t.name), progress)
                     if result.get("preempted"):  # SIGTERM to this process: stop the sweep, don't retry
                         book.finish(t.name, FAILED, result["error"])
-                        raise Preempted(f"sweep stopped by SIGTERM during {t.name} (checkpointed); "
+                        raise Preempted(f"sweep stopped by SIGTERM or Ctrl-C during {t.name} (checkpointed); "
                                         "run the same sweep again to continue it.")
                     if not book.outcome(t.name, result, retries):
                         break

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -258,27 +259,39 @@ def _mean_finished(returns: np.ndarray) -> np.ndarray:
 
 
 class _Stop:
-    """SIGTERM (preemption) asks the loop to checkpoint and stop after the current step."""
+    """SIGTERM (preemption) or a first Ctrl-C (SIGINT) asks the loop to checkpoint and stop after the
+    current step. After a first Ctrl-C the previous SIGINT handler is back, so a second one
+    interrupts at once (losing the steps since the last checkpoint)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self.signal_name = ""
+        self._old: dict = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            self._old = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, self._old[signal.SIGINT])
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class Preempted(RuntimeError):
-    """The run stopped on SIGTERM after writing a checkpoint."""
+    """The run stopped on SIGTERM or Ctrl-C after writing a checkpoint; `signal_name` says which."""
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.signal_name = signal_name
 
 
 def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_change: bool = False) -> np.ndarray:
@@ -289,6 +302,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
     so the file ends up as if the run had never stopped (timings aside).
     """
     config_lib.validate(cfg, list(ALGOS))
+    ignored = config_lib.ignored_settings(cfg)
+    if ignored:
+        print(f"dynalab: warning: --algo {cfg.algo} does not use {', '.join(ignored)}; they have no effect on this "
+              "run (leave them at their defaults to silence this).", file=sys.stderr)
     plan = rundir.plan_run(cfg, out, allow_config_change)
     cfg = plan.cfg
     if plan.finished:
@@ -410,8 +427,9 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
                     _save(trainer, cfg, out, loop_state(), writer)
                     trainer.timer.add("checkpoint", t0)
                 if stop.requested:
-                    raise Preempted(f"stopped by SIGTERM at env step {step}" + (
-                        " after checkpointing; run the same command to resume." if cfg.checkpoint_every else "."))
+                    raise Preempted(f"stopped by {stop.signal_name} at env step {step}" + (
+                        " after checkpointing; run the same command to resume." if cfg.checkpoint_every else "."),
+                        stop.signal_name)
     finally:
         bar.close()
         writer.close()

@@ -15,7 +15,7 @@ import pytest
 from dynalab.agents.alm import ALMConfig
 from dynalab.algos import default_config, make_learner
 from dynalab.algos.base import MEASURED, init_key, step_key
-from dynalab.config import ConfigError, validate
+from dynalab.config import ConfigError, ignored_settings, validate
 from dynalab.envs import env_spec
 from dynalab.metrics import read
 from dynalab.train import train
@@ -51,10 +51,22 @@ def test_replay_capacity_is_1e6_on_humanoid_else_1e5_capped_at_the_run(env, step
     (dict(perfect_model=True), "--perfect-model"),
     (dict(sweep_field="sac.tau", sweep_values=(0.1,)), "does not use sac.tau"),
     (dict(alm=dataclasses.replace(TINY_ALM, horizon=0)), "--alm.horizon"),
+    (dict(alm=dataclasses.replace(TINY_ALM, horizon=1_001)), "cannot exceed the buffer capacity"),
+    (dict(alm=dataclasses.replace(TINY_ALM, std_start=0.05)), r"--alm.std-start \(0.05\) must be >= --alm.std-end"),
 ])
 def test_settings_alm_does_not_have_are_refused(change, words):
     with pytest.raises(ConfigError, match=words):
         validate(dataclasses.replace(TINY, **change), ["alm", "alm-nodyna"])
+
+
+def test_settings_an_algorithm_never_reads_are_named():
+    sac = dataclasses.replace(TINY.sac, tau=0.1)
+    assert ignored_settings(dataclasses.replace(TINY, sac=sac, synthetic_ratio=0.5)) == ["--sac.tau",
+                                                                                         "--synthetic-ratio"]
+    assert ignored_settings(TINY) == []
+    assert ignored_settings(default_config("mbpo", alm=TINY_ALM)) == ["--alm.hidden", "--alm.latent-dim",
+                                                                      "--alm.model-hidden", "--alm.std-duration"]
+    assert ignored_settings(default_config("mbpo", synthetic_ratio=0.5)) == []
 
 
 def transition(spec, value):
