@@ -258,6 +258,46 @@ def _mean_finished(returns: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
+class LineProgress:
+    """Progress for logs (stderr not a terminal: CI, nohup, Ray, cluster logs): one short line every
+    `every` percent of the run instead of hundreds of carriage-return redraws. The subset of tqdm's
+    interface the loop uses."""
+
+    def __init__(self, total: int, initial: int, desc: str, stream=None, every: float = 5.0):
+        self.total, self.n, self.desc, self.stream = total, initial, desc, stream or sys.stderr
+        self.step_size = max(1, int(total * every / 100))
+        self.next = (initial // self.step_size + 1) * self.step_size
+        self.postfix: dict[str, str] = {}
+        self.start, self.start_n = time.perf_counter(), initial
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.n >= self.next or self.n == self.total:
+            self.next = (self.n // self.step_size + 1) * self.step_size
+            rate = (self.n - self.start_n) / max(time.perf_counter() - self.start, 1e-9)
+            extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
+            print(f"{self.desc}: {100 * self.n / self.total:.0f}% ({self.n:,}/{self.total:,} steps, "
+                  f"{rate:.1f} steps/s{extra})", file=self.stream, flush=True)
+
+    def set_postfix(self, refresh: bool = True, **values) -> None:
+        self.postfix = {k: str(v) for k, v in values.items()}
+
+    def write(self, line: str) -> None:
+        print(line, flush=True)  # to stdout, as tqdm.write
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, initial: int, desc: str, enabled: bool, stream=None):
+    """tqdm's bar on a terminal, `LineProgress` when the output is a file or a pipe, nothing if disabled."""
+    stream = stream or sys.stderr
+    if enabled and not stream.isatty():
+        return LineProgress(total, initial, desc, stream)
+    return tqdm(total=total, initial=initial, unit="step", disable=not enabled, dynamic_ncols=True, desc=desc,
+                file=stream)
+
+
 class _Stop:
     """SIGTERM (preemption) or a first Ctrl-C (SIGINT) asks the loop to checkpoint and stop after the
     current step. After a first Ctrl-C the previous SIGINT handler is back, so a second one
@@ -372,8 +412,7 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
     interval_start, interval_step = time.perf_counter(), int(loop["interval_step"])
     if "diverged" in loop:
         trainer.diverged = np.asarray(loop["diverged"], np.int64).copy()
-    bar = tqdm(total=cfg.steps, initial=trainer.env_step, unit="step", disable=not progress, dynamic_ncols=True,
-               desc=f"{cfg.algo} {cfg.env}")
+    bar = progress_bar(cfg.steps, trainer.env_step, f"{cfg.algo} {cfg.env}", progress)
     returns = np.full((len(trainer.members), cfg.eval_episodes), np.nan)
     loop_state = lambda: {"episode_returns": np.asarray(episode_returns).reshape(-1, len(trainer.members)),  # noqa: E731
                           "interval_step": interval_step, "diverged": trainer.diverged}
