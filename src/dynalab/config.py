@@ -128,16 +128,22 @@ class TrainConfig:
 SWEEPABLE = ("synthetic_ratio", "sac.discount", "sac.tau", "alm.discount", "alm.tau")
 
 
+# The model rollouts' settings of the SAC family (MBPO, FTFL), which SAC and ALM never read.
+DYNA_FIELDS = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule",
+               "synthetic_retain_steps", "model_refit_every", "reset_model_every", "perfect_model", "model")
+
+
+def _unused_groups(algo: str) -> tuple[str, ...]:
+    if algo in ALM_ALGOS:
+        return ("sac",) + DYNA_FIELDS
+    return ("alm",) + (DYNA_FIELDS if algo == "sac" else ())
+
+
 def uses_field(algo: str, field_path: str) -> bool:
-    """Whether `algo` reads the (sweepable) field: SAC's settings for SAC-based algorithms, ALM's
-    for ALM, the synthetic ratio for the model-based SAC family."""
-    if field_path.startswith("alm."):
-        return algo in ALM_ALGOS
-    if field_path.startswith("sac."):
-        return algo not in ALM_ALGOS
-    if field_path == "synthetic_ratio":
-        return algo in MODEL_ALGOS
-    return True
+    """Whether `algo` ever reads the (dotted) config field: SAC's settings for the SAC family, ALM's
+    for ALM, the rollout and model settings for MBPO and FTFL. The one statement of it, used by
+    sweep validation, the ignored-settings warning and the report's variant naming."""
+    return field_path.split(".")[0] not in _unused_groups(algo)
 
 
 def with_field(cfg: TrainConfig, field_path: str, value: Any) -> TrainConfig:
@@ -286,24 +292,16 @@ def _validate_alm(cfg: TrainConfig) -> None:
                               f"(sac, {', '.join(MODEL_ALGOS)}), not for --algo {cfg.algo}.")
 
 
-# Settings of the SAC family's model rollouts, which ALM does not have.
-DYNA_FIELDS = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule",
-               "synthetic_retain_steps", "model_refit_every", "reset_model_every", "perfect_model", "model")
-
-
 def ignored_settings(cfg: TrainConfig) -> list[str]:
     """Flags set away from their defaults that `cfg.algo` never reads (e.g. --sac.tau for ALM).
 
     Not an error, because a preset's shared defaults and `--set` apply to every variant; the CLI
     and the sweep print them so that nobody believes they took effect.
     """
-    unused = {"sac": ("alm",) + DYNA_FIELDS}.get(cfg.algo, ("alm",))
-    if cfg.algo in ALM_ALGOS:
-        unused = ("sac",) + DYNA_FIELDS
     base = flatten(to_dict(TrainConfig(algo=cfg.algo)))
     have = flatten(to_dict(cfg))
     return sorted(f"--{k.replace('_', '-')}" for k, v in have.items()
-                  if k.split(".")[0] in unused and v != base.get(k))
+                  if not uses_field(cfg.algo, k) and v != base.get(k))
 
 
 def _check_termination(cfg: TrainConfig) -> None:

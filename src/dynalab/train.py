@@ -286,7 +286,7 @@ class LineProgress:
         print(line, flush=True)  # to stdout, as tqdm.write
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every line is flushed when printed (tqdm's bar needs this call)."""
 
 
 def progress_bar(total: int, initial: int, desc: str, enabled: bool, stream=None):

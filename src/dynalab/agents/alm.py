@@ -63,7 +63,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from dynalab.agents.networks import orthogonal
+from dynalab.agents.networks import orthogonal, stacked
 from dynalab.rng import stream
 from dynalab.types import Transition
 
@@ -195,15 +195,7 @@ class DoubleCritic(nn.Module):
 
     @nn.compact
     def __call__(self, z: jax.Array, action: jax.Array) -> jax.Array:
-        heads = nn.vmap(
-            LNTanhMLP,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=2,
-        )
-        return heads(self.cfg, 1, name="qs")(jnp.concatenate([z, action], -1)).squeeze(-1)
+        return stacked(LNTanhMLP, 2)(self.cfg, 1, name="qs")(jnp.concatenate([z, action], -1)).squeeze(-1)
 
 
 class Actor(nn.Module):

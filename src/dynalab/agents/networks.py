@@ -136,6 +136,13 @@ class Critic(nn.Module):
         return Dense(1, name="out")(x).squeeze(-1)
 
 
+def stacked(module: type[nn.Module], n: int) -> type[nn.Module]:
+    """`module` as `n` independent copies with params stacked on a leading axis (each copy its own
+    init key); the copies see the same inputs and their outputs stack on axis 0. One batched matmul
+    per layer instead of n networks."""
+    return nn.vmap(module, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=None, out_axes=0,
+                   axis_size=n)
+
 class DoubleCritic(nn.Module):
     """Two independent Critics as one batched network; returns Q of shape (2, *batch).
 
@@ -149,12 +156,4 @@ class DoubleCritic(nn.Module):
 
     @nn.compact
     def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
-        ensemble = nn.vmap(
-            Critic,
-            variable_axes={"params": 0},
-            split_rngs={"params": True},
-            in_axes=None,
-            out_axes=0,
-            axis_size=self.num_qs,
-        )
-        return ensemble(self.hidden, self.layernorm, name="qs")(obs, action)
+        return stacked(Critic, self.num_qs)(self.hidden, self.layernorm, name="qs")(obs, action)

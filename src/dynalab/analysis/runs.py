@@ -52,13 +52,6 @@ SUITE_ORDER = ("gym", "dmc")
 # Settings that do not change what a run learns: never used to tell variants apart.
 NOT_COMPARED = {"label", "baseline", "env", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
                 "checkpoint_every", "keep_checkpoints"}
-# Settings of the Dyna-style algorithms that roll out a state model (MBPO, FTFL); SAC and ALM ignore them.
-DYNA_ONLY = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule", "synthetic_retain_steps",
-             "model_refit_every", "reset_model_every", "perfect_model", "model.")
-# Settings each algorithm ignores (a trailing "." names a whole group), so never tell its variants apart.
-# ALM is built on DDPG with its own latent model: SAC's and the state model's settings do not reach it.
-IGNORED = {"sac": DYNA_ONLY + ("alm.",), **{a: DYNA_ONLY + ("sac.",) for a in config_lib.ALM_ALGOS}}
-IGNORED_DEFAULT = ("alm.",)
 # Algorithms without a synthetic ratio (no synthetic batches): their `synthetic_ratio` column is NaN.
 NO_SYNTHETIC = ("sac",) + config_lib.ALM_ALGOS
 SHORT_NAMES = {"synthetic_ratio": "S"}
@@ -170,12 +163,11 @@ def _compared_settings(cfg: TrainConfig) -> dict[str, str]:
     flat = config_lib.flatten(config_lib.to_dict(cfg))
     if flat.get("buffer_capacity") == dataclasses.replace(cfg, buffer_capacity=None).capacity:
         flat["buffer_capacity"] = None  # the resolved default depends on `steps` (and task), which are not compared
-    ignored = IGNORED.get(cfg.algo, IGNORED_DEFAULT)
     out = {}
     for k, v in flat.items():
         if k in NOT_COMPARED:
             continue
-        if any(k == d or (d.endswith(".") and k.startswith(d)) for d in ignored):
+        if not config_lib.uses_field(cfg.algo, k):  # e.g. sac.* for ALM: never tells variants apart
             continue
         out[k] = json.dumps(v, sort_keys=True)
     return out
