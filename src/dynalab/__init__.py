@@ -25,3 +25,8 @@ def choose_mujoco_gl() -> str:
         found = [gl for gl, lib in (("egl", "EGL"), ("osmesa", "OSMesa")) if _ctypes_util.find_library(lib)]
         _os.environ["MUJOCO_GL"] = found[0] if found else "disable"
     return _os.environ["MUJOCO_GL"]
+
+
+# Before any dynalab module imports dm_control: every entry point (CLI, sweep workers, the Python
+# API, Ray tasks) imports this package first.
+choose_mujoco_gl()

@@ -290,9 +290,6 @@ def _condense(report: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dynalab import choose_mujoco_gl
-
-    choose_mujoco_gl()
     from dynalab.algos import default_config
     from dynalab.checkpoint import CheckpointError
     from dynalab.envs import UnknownEnvError

@@ -72,9 +72,7 @@ def _attempt(cfg_dict: dict[str, Any], folder: str, progress: bool) -> dict[str,
     This is the body of the Ray task too, so it takes plain data (the config as a dict) and
     imports dynalab first, which configures JAX in a fresh worker as in the driver.
     """
-    import dynalab  # (sets JAX's CPU dispatch flag before anything compiles)
-
-    dynalab.choose_mujoco_gl()
+    import dynalab  # noqa: F401  (sets JAX's CPU dispatch flag and MUJOCO_GL before anything else)
     from dynalab.rundir import plan_run
     from dynalab.train import Preempted, train
 
