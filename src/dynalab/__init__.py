@@ -30,3 +30,27 @@ def choose_mujoco_gl() -> str:
 # Before any dynalab module imports dm_control: every entry point (CLI, sweep workers, the Python
 # API, Ray tasks) imports this package first.
 choose_mujoco_gl()
+
+
+# The Python API (dynalab.api), importable as `from dynalab import run_training, load_metrics, ...`.
+# Loaded on first use, so that `import dynalab` (every CLI command, every worker) stays light. No
+# name may equal a submodule's (`train`, `config`): importing the submodule would replace it.
+_API = ("make_config", "run_training", "resume_training", "load_config", "load_metrics", "make_report",
+        "load_experiment", "run_experiment")
+__all__ = [*_API, "TrainConfig", "ConfigError", "choose_mujoco_gl", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from dynalab import api
+
+        return getattr(api, name)
+    if name in ("TrainConfig", "ConfigError"):
+        from dynalab import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'dynalab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -125,6 +125,15 @@ def variant_sort_key(name: str) -> tuple:
     return (order.index(base) if base in order else len(order), base.lower(), name)
 
 
+def _exact_floats(text: pd.Series) -> pd.Series:
+    """Strings to float64 exactly as written (NaN where unparseable): pd.to_numeric's fast parser can
+    be off by one unit in the last place, and metrics.csv holds each value's shortest exact repr."""
+    values = pd.to_numeric(text, errors="coerce")
+    ok = values.notna()
+    values[ok] = text[ok].astype(np.float64)
+    return values
+
+
 def read_metrics(path: Path) -> pd.DataFrame:
     """A run's metrics.csv (columns step, seed, metric, value); a torn last line is dropped.
 
@@ -141,7 +150,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
         "step": pd.to_numeric(df["step"], errors="coerce"),
         "seed": pd.to_numeric(df["seed"], errors="coerce"),
         "metric": df["metric"].where(df["metric"] != ""),
-        "value": pd.to_numeric(df["value"], errors="coerce"),
+        "value": _exact_floats(df["value"]),
     }
     swept = [c for c in df.columns if c not in ("step", "seed", "metric", "value")]
     if swept:
