@@ -115,3 +115,27 @@ def test_sweep_then_report_from_the_command_line(tmp_path, capsys):
     assert "SAC + LayerNorm" in summary and "Gym InvertedPendulum-v5" in summary
     assert (tmp_path / "report" / "figures" / "curves_eval_return.png").stat().st_size > 10_000
     assert "data:image/png;base64," in (tmp_path / "report" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--import", "a", "--import", "b"], "--import"),
+    (["--imports", "a", "--import", "b"], "--import"),
+    (["--sac.hidden", "64", "64", "--sac.hidden", "32"], "--sac.hidden"),
+    (["--logger", "tensorboard", "--logger=wandb"], "--logger"),
+])
+def test_a_repeated_multi_value_flag_is_refused_not_silently_cut(args, flag, capsys):
+    # tyro keeps only the last occurrence: `--import a --import b` would import b alone.
+    with pytest.raises(SystemExit) as e:
+        main(["train", *args, "--out", "/nonexistent/never-written"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dynalab: error: {flag} is given twice") and f"e.g. {flag} A B." in err
+    assert "\n" not in err
+
+
+def test_a_repeated_single_value_flag_still_means_the_last(tmp_path):
+    # Scripts compose flag lists (defaults, then overrides); only multi-value flags lose values.
+    from dynalab.algos import default_config
+    from dynalab.cli import Train, _parse
+
+    assert _parse("train", Train, ["--steps", "100", "--steps", "200"], default_config).cfg.steps == 200

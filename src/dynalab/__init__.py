@@ -2,6 +2,7 @@
 
 import ctypes.util as _ctypes_util
 import os as _os
+import sys as _sys
 
 import jax as _jax
 
@@ -19,10 +20,21 @@ def choose_mujoco_gl() -> str:
     dm_control picks its OpenGL backend when it is first imported, and a backend whose library is
     missing fails there with a traceback, even for tasks that never render (GPU images without
     libEGL do this). So: EGL where libEGL exists, else OSMesa where it exists, else "disable"
-    (rendering then fails with the registry's one-line error naming MUJOCO_GL).
+    (rendering then fails with the registry's one-line error naming MUJOCO_GL). A user's choice is
+    kept unless it names EGL or OSMesa and that library is missing: then the first that exists is
+    used instead, with a warning.
     """
-    if "MUJOCO_GL" not in _os.environ:
-        found = [gl for gl, lib in (("egl", "EGL"), ("osmesa", "OSMesa")) if _ctypes_util.find_library(lib)]
+    libraries = {"egl": "EGL", "osmesa": "OSMesa"}
+    found = [gl for gl, lib in libraries.items() if _ctypes_util.find_library(lib)]
+    chosen = _os.environ.get("MUJOCO_GL", "").lower()
+    if chosen in libraries and chosen not in found:
+        # PyOpenGL would fail at `import mujoco` with an AttributeError traceback, in every command.
+        fallback = found[0] if found else "disable"
+        print(f"dynalab: warning: MUJOCO_GL={chosen} but lib{libraries[chosen]} is not installed, so dynalab uses "
+              f"MUJOCO_GL={fallback}; install lib{libraries[chosen]} or unset MUJOCO_GL to silence this.",
+              file=_sys.stderr)
+        _os.environ["MUJOCO_GL"] = fallback
+    elif not chosen:
         _os.environ["MUJOCO_GL"] = found[0] if found else "disable"
     return _os.environ["MUJOCO_GL"]
 

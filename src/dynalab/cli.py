@@ -1,4 +1,4 @@
-"""Command line: `dynalab train|resume|sweep|experiments|report|bench|envs`."""
+"""Command line: `dynalab train|resume|sweep|experiments|report|video|bench|envs`."""
 
 from __future__ import annotations
 
@@ -104,13 +104,22 @@ class Bench:
 
 @dataclass
 class Envs:
-    """List every task id: Gym6 and DMC15 (the papers' suites) first, then all others."""
+    """List every task id: Gym6 and DMC15 (the papers' suites) first, then all others (yours tagged 'user')."""
+
+    imports: Annotated[tuple[str, ...], tyro.conf.arg(name="import", aliases=("--imports",), metavar="MODULE")] = ()
+    """Modules that register your own tasks, imported first, e.g. --import my_tasks (several: --import a b)."""
 
     def run(self) -> None:
         from dynalab.envs import DMC15, GYM6, list_envs
+        from dynalab.envs.custom import TaskImportError, import_modules
+        from dynalab.envs.registry import is_user_id
 
+        try:
+            import_modules(self.imports)
+        except TaskImportError as e:
+            raise ConfigError(str(e)) from None
         for env_id in list_envs():
-            tag = "gym6" if env_id in GYM6 else "dmc15" if env_id in DMC15 else ""
+            tag = "gym6" if env_id in GYM6 else "dmc15" if env_id in DMC15 else "user" if is_user_id(env_id) else ""
             print(f"{tag:<6} {env_id}")
 
 
@@ -224,8 +233,55 @@ class Report:
         print(f"wrote {len(files)} files to {self.out}; open {self.out / 'index.html'}")
 
 
+@dataclass
+class Video:
+    """Render videos of a run's deterministic policy (the action evaluation takes) from a checkpoint.
+
+    Plays evaluation episodes 0..N-1 (--episodes N) of every seed (or of --seed) in envs built from
+    the run's evaluation env seeds, so each starts as the run's first evaluation did, and writes
+    PATH/videos/step<step>_seed<seed>_ep<e>.mp4 with one frame per env step, in real time (with
+    --gif also a .gif), plus a .json with the episode's return and length. Rendering is MuJoCo's
+    offscreen OpenGL: MUJOCO_GL=egl (GPU, or Mesa on CPU), osmesa (software) or glfw (a display).
+    """
+
+    dir: tyro.conf.Positional[Path]
+    """Run folder written by `dynalab train`."""
+    checkpoint: int | None = None
+    """Env step of the checkpoint whose policy plays (default: the newest)."""
+    seed: tuple[int, ...] = ()
+    """Render only these seeds of the run (default: all)."""
+    episodes: int = 1
+    """Evaluation episodes per seed, at most the run's eval_episodes."""
+    gif: bool = False
+    """Also write a looping GIF of each episode (at most 50 frames per second)."""
+    max_steps: int | None = None
+    """Stop each episode after this many env steps (default: play it to its end)."""
+    width: int = 480
+    """Frame width in pixels (even)."""
+    height: int = 480
+    """Frame height in pixels (even)."""
+    out: Path | None = None
+    """Folder for the files (default: DIR/videos)."""
+    progress: bool = True
+    """Show a progress bar of env steps."""
+
+    def run(self) -> None:
+        from dynalab.video import render_videos
+
+        videos = render_videos(self.dir, checkpoint=self.checkpoint, seeds=self.seed or None,
+                               episodes=self.episodes, formats=("mp4", "gif") if self.gif else ("mp4",),
+                               max_steps=self.max_steps, width=self.width, height=self.height, out=self.out,
+                               progress=self.progress)
+        for v in videos:
+            member = f"seed {v.seed}" + (f" ({v.sweep_field}={v.sweep_value:g})" if v.sweep_value is not None else "")
+            print(f"{member}, episode {v.episode}: return {v.episode_return:.1f} over {v.length} steps ({v.ended}), "
+                  f"policy of env step {v.step:,}")
+            for f in v.files[:-1]:
+                print(f"  wrote {f}")
+
+
 COMMANDS: dict[str, type] = {"train": Train, "resume": Resume, "sweep": Sweep, "experiments": Experiments,
-                             "report": Report, "bench": Bench, "envs": Envs}
+                             "report": Report, "video": Video, "bench": Bench, "envs": Envs}
 
 
 def _algo_in(args: list[str]) -> str:
@@ -244,15 +300,58 @@ def _algo_in(args: list[str]) -> str:
 def _usage() -> str:
     from dynalab.algos import ALGOS
 
-    lines = ["usage: dynalab {train,resume,sweep,experiments,report,bench,envs} [--help] ...", "",
+    lines = ["usage: dynalab {train,resume,sweep,experiments,report,video,bench,envs} [--help] ...", "",
              "dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.", "", "commands:"]
     lines += [f"  {name:<12} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
     lines += ["", "algorithms (--algo):"] + [f"  {name:<11} {a.summary}" for name, a in ALGOS.items()]
+    lines += ["", "papers: STFL = Stealing That Free Lunch (Barkley and Fridovich-Keil, ICML 2025);",
+              "        FTFL = Fixing That Free Lunch (Barkley and Fridovich-Keil, arXiv 2510.01457).",
+              "        BibTeX: the README's References section; dynalab itself: CITATION.cff."]
     return "\n".join(lines)
+
+
+def _multi_value_flags(cls: type = TrainConfig, prefix: str = "--") -> dict[str, str]:
+    """Every flag of the run config that takes several values (a tuple field), and its aliases,
+    -> its canonical name: `--sac.hidden`, `--logger`, `--import` (alias `--imports`), ..."""
+    import dataclasses
+    import typing
+
+    out: dict[str, str] = {}
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        flag = prefix + f.name.replace("_", "-")
+        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value):
+            out.update(_multi_value_flags(type(value), flag + "."))
+        elif isinstance(value, tuple) or any(typing.get_origin(t) is tuple or t is tuple
+                                             for t in (hints[f.name], *typing.get_args(hints[f.name]))):
+            names = {flag}
+            for meta in getattr(hints[f.name], "__metadata__", ()):  # tyro.conf.arg(name=..., aliases=...)
+                if getattr(meta, "name", None):
+                    names.add(prefix + meta.name)
+                names.update(getattr(meta, "aliases", None) or ())
+            out.update({n: min(names, key=len) for n in names})
+    return out
+
+
+def _refuse_repeated_multi_value_flags(args: list[str]) -> None:
+    # `--import a --import b` would silently keep only b (the last of a repeated flag wins).
+    multi = _multi_value_flags()
+    seen: dict[str, str] = {}
+    for arg in args:
+        flag = multi.get(arg.split("=", 1)[0])
+        if flag is None:
+            continue
+        if flag in seen:
+            raise ConfigError(f"{flag} is given twice ({seen[flag]}, {arg.split('=', 1)[0]}), and only the last would "
+                              f"count; give it once with every value after it, e.g. {flag} A B.")
+        seen[flag] = arg.split("=", 1)[0]
 
 
 def _parse(name: str, command: type, args: list[str], default_config):
     """tyro's parse, with its boxed error report condensed into one `dynalab: error:` line."""
+    if name in ("train", "bench"):
+        _refuse_repeated_multi_value_flags(args)
     kwargs = {"args": args, "prog": f"dynalab {name}"}
     if name in ("train", "bench"):
         cfg = default_config(_algo_in(args), **(BENCH_SIZE if name == "bench" else {}))

@@ -7,13 +7,20 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from dynalab.agents.alm import ALMConfig
 from dynalab.agents.sac import SACConfig
 from dynalab.models.ensemble import ModelConfig
 
 Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned", "alm", "alm-nodyna"]
+# Experiment trackers that can mirror metrics.csv (src/dynalab/trackers.py), and W&B's modes.
+Logger = Literal["tensorboard", "wandb"]
+LOGGERS: tuple[str, ...] = typing.get_args(Logger)
+WandbMode = Literal["offline", "online"]
+WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
 # The algorithms that roll out a learned model, so need to know when a rollout terminates.
 MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
 # Aligned Latent Models with and without its Dyna-style actor loss (STFL section 3.3, Table 3).
@@ -37,7 +44,9 @@ class TrainConfig:
     baseline: str = ""
     """Variant (label) that reports normalise this one to, e.g. "ALM without Dyna" (empty: SAC)."""
     env: str = "dmc:cheetah-run"
-    """Task id, e.g. dmc:cheetah-run or gym:Hopper-v5 (`dynalab envs` lists them)."""
+    """Task id, e.g. dmc:cheetah-run or gym:Hopper-v5 (`dynalab envs` lists them), or one of your own."""
+    imports: Annotated[tuple[str, ...], tyro.conf.arg(name="import", aliases=("--imports",), metavar="MODULE")] = ()
+    """Modules that register your own tasks, imported before --env is looked up (several: --import a b)."""
     seeds: int = 1
     """Number of seeds trained together in one vmapped program."""
     seed: int = 0
@@ -66,6 +75,16 @@ class TrainConfig:
     """Write a resumable checkpoint every N env steps, and at the start and end (0: never)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in the run folder."""
+    logger: tuple[Logger, ...] = ()
+    """Also send metrics.csv's rows to tensorboard, wandb or both (pip install 'dynalab[tensorboard,wandb]')."""
+    wandb_project: str = "dynalab"
+    """W&B project of --logger wandb."""
+    wandb_entity: str = ""
+    """W&B entity (user or team) of --logger wandb (empty: your default entity)."""
+    wandb_group: str = ""
+    """W&B group of --logger wandb, e.g. the experiment's name (empty: none)."""
+    wandb_mode: WandbMode = "offline"
+    """offline: keep the W&B run in the run folder, upload it later with `wandb sync`; online: stream it to W&B."""
     reset_agent_every: int = 0
     """Re-initialise actor, critic, target critic and temperature every N env steps (0: never)."""
     sac: SACConfig = field(default_factory=SACConfig)
@@ -91,6 +110,9 @@ class TrainConfig:
     """Re-initialise the model's parameters every N env steps (0: never)."""
     perfect_model: bool = False
     """Replace the learned model by the simulator itself (restored to each sampled real state)."""
+    termination: str = "auto"
+    """When a model rollout terminates: auto (the built-in rule of a known task), never, or MODULE:FUNCTION,
+    a jittable function of the predicted next observation, float32 (..., obs_dim) -> bool (...)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Dynamics-reward ensemble (STFL Table 2; FTFL's switches)."""
 
@@ -130,7 +152,8 @@ SWEEPABLE = ("synthetic_ratio", "sac.discount", "sac.tau", "alm.discount", "alm.
 
 # The model rollouts' settings of the SAC family (MBPO, FTFL), which SAC and ALM never read.
 DYNA_FIELDS = ("synthetic_ratio", "rollouts_per_step", "rollout_horizon", "horizon_schedule",
-               "synthetic_retain_steps", "model_refit_every", "reset_model_every", "perfect_model", "model")
+               "synthetic_retain_steps", "model_refit_every", "reset_model_every", "perfect_model", "termination",
+               "model")
 
 
 def _unused_groups(algo: str) -> tuple[str, ...]:
@@ -195,11 +218,13 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         return
     if cfg.algo not in algos:
         raise ConfigError(f"unknown algo {cfg.algo!r}; choose one of: {', '.join(algos)}.")
+    _import_task_modules(cfg)
     try:
-        env_spec(cfg.env)
+        spec = env_spec(cfg.env)
     except UnknownEnvError as e:
         raise ConfigError(str(e)) from None
-    _check_termination(cfg)
+    _check_termination(cfg, spec.obs_dim)
+    _check_perfect_model(cfg)
     _validate_alm(cfg)
     for name in ("seeds", "steps", "replay_ratio", "batch_size", "eval_every", "eval_episodes", "log_every"):
         _positive(name, getattr(cfg, name))
@@ -234,6 +259,7 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     if not s.hidden or any(h <= 0 for h in s.hidden):
         raise ConfigError(f"--sac.hidden must be positive layer widths, got {s.hidden}.")
     _positive("keep_checkpoints", cfg.keep_checkpoints)
+    _validate_trackers(cfg)
     for name in ("checkpoint_every", "reset_agent_every", "reset_model_every"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (0 means never), got {getattr(cfg, name)}.")
@@ -260,6 +286,14 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
         raise ConfigError(f"--model.lr must be > 0, got {m.lr}.")
     if not 0 < m.holdout_ratio < 1:
         raise ConfigError(f"--model.holdout-ratio must be in (0, 1), got {m.holdout_ratio}.")
+
+
+def _validate_trackers(cfg: TrainConfig) -> None:
+    for name in cfg.logger if isinstance(cfg.logger, (tuple, list)) else [cfg.logger]:
+        if name not in LOGGERS:
+            raise ConfigError(f"--logger must be {' or '.join(LOGGERS)} (or both), got {name!r}.")
+    if cfg.wandb_mode not in WANDB_MODES:
+        raise ConfigError(f"--wandb-mode must be one of: {', '.join(WANDB_MODES)}, got {cfg.wandb_mode!r}.")
 
 
 def _validate_alm(cfg: TrainConfig) -> None:
@@ -304,25 +338,69 @@ def ignored_settings(cfg: TrainConfig) -> list[str]:
                   if not uses_field(cfg.algo, k) and v != base.get(k))
 
 
-def _check_termination(cfg: TrainConfig) -> None:
-    """Refuse a learned model on a Gym task whose termination we cannot compute from observations.
+def _import_task_modules(cfg: TrainConfig) -> None:
+    """Import the modules of --import, which register the user's tasks, before --env is looked up.
 
-    Every dmc: task has one (see envs/termination.py); a perfect model takes `terminated`
-    from the simulator itself, so needs none.
+    Every path that builds a run's envs validates its config first (train, resume, bench, sweeps
+    and their Ray workers), so this is the one place that makes the user's tasks known to them.
     """
-    from dynalab.envs.termination import has_termination_fn, supported_ids
+    from dynalab.envs.custom import TaskImportError, import_modules
 
-    if cfg.algo not in MODEL_ALGOS or cfg.perfect_model or has_termination_fn(cfg.env):
+    if isinstance(cfg.imports, str) or not isinstance(cfg.imports, (tuple, list)):
+        raise ConfigError(f"--import must be a list of module names, e.g. [\"my_tasks\"], got {cfg.imports!r}.")
+    try:
+        import_modules(cfg.imports)
+    except TaskImportError as e:
+        raise ConfigError(str(e)) from None
+
+
+def _check_termination(cfg: TrainConfig, obs_dim: int) -> None:
+    """Check --termination and select the rule a model-based run's rollouts use.
+
+    A learned model needs a rule: --termination auto (the built-in rule of a known task; every
+    dm_control task that cannot end early has one, see envs/termination.py), never, or a user's
+    MODULE:FUNCTION. A perfect model takes `terminated` from the simulator itself, so needs none.
+    """
+    from dynalab.envs import termination
+
+    try:
+        termination.check_rule(cfg.termination)
+        if cfg.algo not in MODEL_ALGOS or cfg.perfect_model:
+            return
+        rule = termination.resolve(cfg.env, cfg.termination, obs_dim)
+    except termination.TerminationRuleError as e:
+        raise ConfigError(str(e)) from None
+    if rule is None:
+        raise ConfigError(
+            f"--algo {cfg.algo} needs the termination function of {cfg.env} for its model rollouts, "
+            "and none is known for it; pass --termination never (if the task never ends an episode early) or "
+            "--termination MODULE:FUNCTION (a jittable function of the predicted next observation, "
+            f"(..., obs_dim) -> bool (...)), or choose one of {', '.join(termination.supported_ids())} or any dmc: "
+            "task of dm_control's suite, or add --perfect-model, or use --algo sac."
+        )
+
+
+def _check_perfect_model(cfg: TrainConfig) -> None:
+    """Refuse --perfect-model on a user's task whose steps a restored simulator does not reproduce.
+
+    The suites' tasks are checked by the tests (tests/algos/test_mbpo.py); a user's task is
+    probed once per process (models/perfect.py, check_task).
+    """
+    if not cfg.perfect_model or cfg.algo not in MODEL_ALGOS:
         return
-    raise ConfigError(
-        f"--algo {cfg.algo} needs the termination function of {cfg.env} for its model rollouts, "
-        f"and none is known for it; choose one of {', '.join(supported_ids())} or any dmc: task, "
-        "or add --perfect-model, or use --algo sac."
-    )
+    from dynalab.envs.registry import is_user_id
+    from dynalab.models.perfect import PerfectModelError, check_task
+
+    if is_user_id(cfg.env):
+        try:
+            check_task(cfg.env)
+        except PerfectModelError as e:
+            raise ConfigError(str(e)) from None
 
 
-# Fields that change how a run is kept, not what it computes: they may differ on resume.
-RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints")
+# Fields that change how a run is kept or watched, not what it computes: they may differ on resume.
+RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints", "logger", "wandb_project", "wandb_entity",
+               "wandb_group", "wandb_mode")
 
 
 def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:
@@ -362,6 +440,14 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
             d["horizon_schedule"] = tuple(d["horizon_schedule"])
         if d.get("sweep_values") is not None:
             d["sweep_values"] = tuple(d["sweep_values"])
+        if isinstance(d.get("logger"), str):  # `logger = "wandb"` in a preset or --set
+            d["logger"] = (d["logger"],)
+        elif d.get("logger") is not None:
+            d["logger"] = tuple(d["logger"])
+        if isinstance(d.get("imports"), str):  # a TOML `imports = "my_tasks"`
+            d["imports"] = (d["imports"],)
+        elif d.get("imports") is not None:
+            d["imports"] = tuple(d["imports"])
         return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model), alm=ALMConfig(**alm))
     except TypeError as e:  # an unknown or misspelt field
         valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))

@@ -5,11 +5,24 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Protocol, Sequence
 
 import numpy as np
 
 HEADER = ("step", "seed", "metric", "value")
+
+
+class Sink(Protocol):
+    """Receives every row a MetricsWriter writes, e.g. an experiment tracker (trackers.py)."""
+
+    def write(self, step: int, rows: list[tuple[int, str, float]]) -> None:
+        """The rows just written for `step`, as (member index, metric, value)."""
+
+    def end_step(self, step: int) -> None:
+        """Every row of `step` is written."""
+
+    def close(self) -> None:
+        """The run is over (finished, stopped or failed)."""
 
 
 class MetricsWriter:
@@ -17,11 +30,14 @@ class MetricsWriter:
 
     `seeds` has one entry per member of the program. A program that sweeps a scalar passes
     `sweep = {field: value per member}`, and the file gains that column after `seed`.
+    `sinks` receive the same rows (as numbers), and `end_step` once a step's rows are all written.
     """
 
-    def __init__(self, path: Path, seeds: list[int], sweep: Mapping[str, list[float]] | None = None):
+    def __init__(self, path: Path, seeds: list[int], sweep: Mapping[str, list[float]] | None = None,
+                 sinks: Sequence[Sink] = ()):
         self.path = path
         self.seeds = seeds
+        self.sinks = list(sinks)
         self.keys = [(s,) for s in seeds]
         header = HEADER
         if sweep:
@@ -40,12 +56,21 @@ class MetricsWriter:
         rows = []
         for name in sorted(values):
             v = np.broadcast_to(np.asarray(values[name], dtype=np.float64), (len(self.seeds),))
-            rows += [(step, *key, name, _fmt(x)) for key, x in zip(self.keys, v) if not math.isnan(x)]
-        self._csv.writerows(rows)
+            rows += [(i, name, float(x)) for i, x in enumerate(v) if not math.isnan(x)]
+        self._csv.writerows((step, *self.keys[i], name, _fmt(x)) for i, name, x in rows)
         self._file.flush()
+        for sink in self.sinks:
+            sink.write(step, rows)
+
+    def end_step(self, step: int) -> None:
+        """Every row of env step `step` is written (the loop calls this once per step)."""
+        for sink in self.sinks:
+            sink.end_step(step)
 
     def close(self) -> None:
         self._file.close()
+        for sink in self.sinks:
+            sink.close()
 
 
 def _fmt(x: float) -> str:

@@ -107,6 +107,23 @@ def check_writable(out: Path) -> None:
         raise ConfigError(f"cannot write to run folder {out}: {e.strerror}; choose a writable --out.") from None
 
 
+# What decides a run's numbers besides dynalab and JAX (the lock, constraints.txt, pins them all).
+_RECORDED = ("jaxlib", "flax", "optax", "numpy", "mujoco", "dm-control", "gymnasium")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that compute a run (None: not installed)."""
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in _RECORDED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def write_run_meta(out: Path, resumed_from: int | None) -> None:
     path = out / "run.json"
     meta = json.loads(path.read_text()) if resumed_from is not None and path.exists() else {}
@@ -115,6 +132,7 @@ def write_run_meta(out: Path, resumed_from: int | None) -> None:
         "jax": jax.__version__,
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
+        "packages": package_versions(),
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

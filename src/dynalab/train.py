@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from dynalab import __version__, checkpoint, rundir
+from dynalab import __version__, checkpoint, rundir, trackers
 from dynalab import config as config_lib
 from dynalab.algos import ALGOS, make_learner
 from dynalab.algos.base import Checked, Metrics, SeedBatch, seed_roots
@@ -342,6 +342,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
     so the file ends up as if the run had never stopped (timings aside).
     """
     config_lib.validate(cfg, list(ALGOS))
+    trackers.require(cfg)
     ignored = config_lib.ignored_settings(cfg)
     if ignored:
         print(f"dynalab: warning: --algo {cfg.algo} does not use {', '.join(ignored)}; they have no effect on this "
@@ -375,13 +376,16 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
             if allow_config_change:
                 config_lib.save(cfg, out / "config.json")
             rundir.write_run_meta(out, trainer.env_step)
+            print(f"dynalab: resuming {out} from its checkpoint at env step {trainer.env_step:,} of {cfg.steps:,} "
+                  "(metrics.csv rolled back to it; later rows are recomputed).", file=sys.stderr)
+        sinks = trackers.open_sinks(cfg, out, trainer.members)  # after the rollback: they catch up with metrics.csv
     except OSError as e:
         trainer.close()
         raise ConfigError(f"cannot write to run folder {out}: {e.strerror}.") from None
     except BaseException:
         trainer.close()
         raise
-    return _loop(trainer, cfg, out, loop, progress)
+    return _loop(trainer, cfg, out, loop, progress, sinks)
 
 
 def _save(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, writer: MetricsWriter) -> None:
@@ -405,9 +409,10 @@ def _save_nonfinite(trainer: Trainer, cfg: TrainConfig, out: Path, err: NonFinit
                                     extra_meta={"nonfinite": info}, target="nonfinite")
 
 
-def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: bool) -> np.ndarray:
+def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: bool,
+          sinks: list[trackers.Tracker]) -> np.ndarray:
     sweep = {cfg.sweep_field: [v for _, v in trainer.members]} if cfg.sweep_field else None
-    writer = MetricsWriter(out / "metrics.csv", trainer.seeds, sweep)
+    writer = MetricsWriter(out / "metrics.csv", trainer.seeds, sweep, sinks)
     episode_returns = list(loop["episode_returns"])
     interval_start, interval_step = time.perf_counter(), int(loop["interval_step"])
     if "diverged" in loop:
@@ -465,6 +470,7 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
                     t0 = time.perf_counter()
                     _save(trainer, cfg, out, loop_state(), writer)
                     trainer.timer.add("checkpoint", t0)
+                writer.end_step(step)
                 if stop.requested:
                     raise Preempted(f"stopped by {stop.signal_name} at env step {step}" + (
                         " after checkpointing; run the same command to resume." if cfg.checkpoint_every else "."),

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import scipy.stats
 
+from dynalab import config as config_lib
 from dynalab.agents.sac import SACConfig
 from dynalab.algos import default_config
 from dynalab.analysis import report
@@ -167,6 +168,20 @@ def test_variant_names_use_labels_and_name_differing_settings(tmp_path):
         f"{tmp_path.name}/c": "SAC + resets",
     }
     assert data.sac_variant == "SAC (sac.critic_layernorm=False)"  # the one with default settings
+
+
+def test_settings_that_only_keep_or_watch_a_run_never_make_a_variant(tmp_path):
+    # Every RUN_CONTROL field (checkpointing, trackers, ...) set to a non-default value in a second
+    # seed-disjoint folder: the two folders are one variant, "SAC", pooled.
+    base = TrainConfig(algo="sac", env="gym:Hopper-v5", seeds=2, steps=4000, eval_every=2000, log_every=1000)
+    write_run(tmp_path / "a", base, fake_rows(base), meta_dirs=False)
+    changes = {"checkpoint_every": 500, "keep_checkpoints": 5, "logger": ("tensorboard", "wandb"),
+               "wandb_project": "p", "wandb_entity": "e", "wandb_group": "g", "wandb_mode": "online"}
+    assert set(changes) == set(config_lib.RUN_CONTROL) - {"label", "baseline"}  # a new field must be added here
+    other = dataclasses.replace(base, seed=2, **changes)
+    write_run(tmp_path / "b", other, fake_rows(other), meta_dirs=False)
+    data = load_runs([tmp_path])
+    assert set(data.runs["variant"]) == {"SAC"}
 
 
 def test_input_errors_are_one_sentence(tmp_path):

@@ -26,7 +26,7 @@ from dynalab.agents import sac
 from dynalab.algos import sac as sac_learner
 from dynalab.algos.base import MEASURED, Hook, Learner, stream
 from dynalab.config import TrainConfig
-from dynalab.envs.termination import has_termination_fn, termination_fn
+from dynalab.envs import termination
 from dynalab.models import ensemble
 from dynalab.models.perfect import Simulator
 from dynalab.types import EnvSpec, Transition
@@ -86,12 +86,12 @@ class LearnedDynamics:
 
     def __init__(self, cfg: TrainConfig, spec: EnvSpec):
         self.cfg, self.spec = cfg, spec
-        self.terminated = termination_fn(cfg.env) if has_termination_fn(cfg.env) else None
-        if self.terminated is None and cfg.env.startswith("gym:"):
-            raise ValueError(
-                f"no known termination function for {cfg.env}; model rollouts would never terminate. "
-                "Supported Gym tasks: Hopper, Walker2d, Ant, Humanoid, InvertedPendulum, HalfCheetah (-v5)."
-            )
+        # --termination: the task's built-in rule (auto), never, or the user's MODULE:FUNCTION. Config
+        # validation has refused a run without one, so None here means a config that skipped it.
+        self.terminated = termination.resolve(cfg.env, cfg.termination, spec.obs_dim)
+        if self.terminated is None:
+            raise ValueError(f"no termination rule for {cfg.env}: validate the config (dynalab.config.validate) "
+                             "before building its learner; it names the valid --termination values.")
 
     def init(self, key):
         return ensemble.init(key, self.spec.obs_dim, self.spec.action_dim, self.cfg.model)

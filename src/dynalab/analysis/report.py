@@ -28,23 +28,31 @@ Definitions used throughout (also written into summary.md's "Method" section):
 - Seconds per env step: a run's logged wall-clock time over the env steps it covers (1 /
   `time/env_steps_per_sec`, weighted by interval length), averaged over the variant's run folders
   on the task. One env step steps all seeds of a run folder at once.
+- Policy videos: where run folders hold videos made by `dynalab video` (videos/*.mp4 with their
+  .json), one frame strip per task and variant (`video_strips`): frames evenly spaced over the
+  episode of the newest policy (lowest seed and episode among those), a PNG in figures/, shown in
+  summary.md and embedded in index.html. Runs without videos add nothing.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
+import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 
 from dynalab.analysis import figures as F
 from dynalab.analysis import stats
-from dynalab.analysis.runs import (SUITE_ORDER, SUITES, ReportError, RunData, env_sort_key, load_runs, parse_env,
-                                   task_title, variant_sort_key)
+from dynalab.analysis.runs import (SHORT_NAMES, SUITE_ORDER, SUITES, ReportError, RunData, env_sort_key, load_runs,
+                                   parse_env, task_title, variant_sort_key)
 
 __all__ = ["make_report", "ReportError"]
 
@@ -184,12 +192,16 @@ def make_report(dirs: list[Path], out: Path, reps: int = 2000) -> list[Path]:
         for path in (fig_dir / f"{name}.png", fig_dir / f"{name}.pdf"):
             if path.name not in made:
                 path.unlink(missing_ok=True)
+    strips = video_strips(runs, fig_dir, data.notes)
+    for path in fig_dir.glob("video_*.png"):  # strips of videos no longer there
+        if path not in {st.png for st in strips}:
+            path.unlink()
     tables = _tables(runs, final, final_est, per_task_norm, aggregate, by_suite, secs, envs, variants, data)
     summary = out / "summary.md"
-    summary.write_text(_summary_md(dirs, runs, tables, figures, reps, data, out))
+    summary.write_text(_summary_md(dirs, runs, tables, figures, reps, data, out, strips))
     index = out / "index.html"
-    index.write_text(_index_html(dirs, runs, tables, figures, reps, data))
-    return [p for _, paths in figures for p in paths] + [summary, index]
+    index.write_text(_index_html(dirs, runs, tables, figures, reps, data, strips))
+    return [p for _, paths in figures for p in paths] + [st.png for st in strips] + [summary, index]
 
 
 # --- statistics -------------------------------------------------------------------------
@@ -610,7 +622,107 @@ def _no_normalisation(data: RunData) -> str:
     return f"No SAC-normalised results: {data.sac_variant} has no positive final return on any task yet."
 
 
-def _summary_md(dirs, runs, tables, figures, reps, data, out: Path) -> str:
+# --- policy videos ------------------------------------------------------------------------
+
+STRIP_FRAMES = 6
+STRIP_FRAME_INCHES = 1.5  # height of one frame; at STRIP_DPI a frame is 150 px tall
+STRIP_DPI = 100
+VIDEOS_TEXT = ("One episode of the deterministic policy (the action evaluation takes) per task and variant, from the "
+               "run folders' videos (`dynalab video`): the newest checkpoint's policy, the lowest seed and episode "
+               "rendered for it, frames evenly spaced over the episode. The MP4s play it in real time.")
+
+
+@dataclass
+class VideoStrip:
+    """A frame strip of one rendered episode, standing for one (task, variant) in the report."""
+
+    env: str
+    variant: str
+    png: Path
+    caption: str
+    """Markdown: which episode (seed, policy step, return, length), and the video's path."""
+
+
+def _videos_of(run) -> list[tuple[dict, Path]]:
+    """(description, MP4 path) of every video `dynalab video` wrote for this run (a row of the runs table)."""
+    folder = Path(run.path) / "videos"
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            info = json.loads(path.read_text())
+            mp4 = next((folder / f for f in info["files"] if f.endswith(".mp4")), None)
+            value = info["sweep_value"]
+            if value is None:
+                matches = True
+            else:  # a swept program: its runs are named "<folder> [<field>=<value>]" (runs.load_runs)
+                short = SHORT_NAMES.get(info["sweep_field"], info["sweep_field"])
+                matches = run.run.endswith(f" [{short}={float(value):g}]")
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a description written by dynalab video
+        if matches and mp4 is not None and mp4.is_file():
+            found.append((info, mp4))
+    return found
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def video_strips(runs: pd.DataFrame, fig_dir: Path, notes: list[str]) -> list[VideoStrip]:
+    """Draw one frame strip per (task, variant) that has videos; returns them in report order.
+
+    The episode shown: the newest checkpoint's policy, then the lowest seed and episode, over the run
+    folders of that task and variant. STRIP_FRAMES frames evenly spaced from the first to the last
+    frame, each STRIP_FRAME_INCHES x STRIP_DPI pixels tall, into fig_dir/video_<task>_<variant>_<hash>.png
+    (the hash keeps names unique). A video that cannot be decoded is left out with a note in `notes`.
+    """
+    from matplotlib.figure import Figure
+
+    from dynalab.video import read_frames
+
+    strips = []
+    groups = sorted(runs.groupby(["env", "variant"]),
+                    key=lambda kv: (env_sort_key(kv[0][0]), variant_sort_key(kv[0][1])))
+    for (env, variant), group in groups:
+        found = [v for r in group.itertuples() for v in _videos_of(r)]
+        if not found:
+            continue
+        info, mp4 = min(found, key=lambda v: (-v[0]["step"], v[0]["seed"], v[0]["episode"], str(v[1])))
+        n = int(info["length"])
+        try:
+            frames = read_frames(mp4, np.unique(np.linspace(0, n - 1, STRIP_FRAMES).round().astype(int)))
+        except Exception as e:  # whatever the decoder raises for a damaged file
+            notes.append(f"The video `{mp4}` could not be read ({type(e).__name__}), so {task_title(env)}, {variant} "
+                         "has no frame strip.")
+            continue
+        if not frames:
+            continue
+        h, w = frames[0][1].shape[:2]
+        decimals = 2 if (n - 1) / info["fps"] < 5 else 1  # short episodes: frames 0.1 s apart or less
+        with mpl.rc_context(F.STYLE):
+            fig = Figure(figsize=(len(frames) * STRIP_FRAME_INCHES * w / h, STRIP_FRAME_INCHES + 0.3), dpi=STRIP_DPI)
+            axes = fig.subplots(1, len(frames), squeeze=False)[0]
+            for ax, (i, frame) in zip(axes, frames):
+                ax.imshow(frame, interpolation="antialiased")
+                ax.set_title(f"t = {i / info['fps']:.{decimals}f} s", fontsize=8, pad=2)
+                ax.set_axis_off()
+            fig.subplots_adjust(left=0.005, right=0.995, bottom=0.01, top=1 - 0.3 / (STRIP_FRAME_INCHES + 0.3),
+                                wspace=0.03)
+            key = hashlib.sha1(f"{env}\0{variant}".encode()).hexdigest()[:6]
+            png = fig_dir / f"video_{_slug(env)}_{_slug(variant)}_{key}.png"
+            fig.savefig(png, dpi=STRIP_DPI)
+        member = f"seed {info['seed']}" + (f" ({info['sweep_field']}={float(info['sweep_value']):g})"
+                                           if info["sweep_value"] is not None else "")
+        cut = " (cut short by --max-steps)" if info["ended"] == "max steps" else f", {info['ended']}"
+        caption = (f"{task_title(env)}, {variant}: {member}, evaluation episode {info['episode']}, policy of env step "
+                   f"{info['step']:,}; return {info['episode_return']:.1f} over {n} steps{cut}. Video: `{mp4}`.")
+        strips.append(VideoStrip(env, variant, png, caption))
+    return strips
+
+
+def _summary_md(dirs, runs, tables, figures, reps, data, out: Path, strips: list[VideoStrip]) -> str:
     parts = [
         "# dynalab report",
         "",
@@ -643,6 +755,11 @@ def _summary_md(dirs, runs, tables, figures, reps, data, out: Path) -> str:
         png = paths[0].relative_to(out)
         parts += [f"![{caption}]({png.as_posix()})", "", f"*{caption}* ([PDF]({paths[1].relative_to(out).as_posix()}))",
                   ""]
+    if strips:
+        parts += ["## Policy videos", "", VIDEOS_TEXT, ""]
+        for st in strips:
+            parts += [f"![{task_title(st.env)}, {st.variant}]({st.png.relative_to(out).as_posix()})", "",
+                      f"*{st.caption}*", ""]
     return "\n".join(parts)
 
 
@@ -668,7 +785,7 @@ def _md_inline(text: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
 
 
-def _index_html(dirs, runs, tables, figures, reps, data) -> str:
+def _index_html(dirs, runs, tables, figures, reps, data, strips: list[VideoStrip]) -> str:
     body = [f"<h1>dynalab report</h1><p>{len(runs)} run folder(s) from "
             f"{html.escape(', '.join(map(str, dirs)))}; {runs['env'].nunique()} task(s), "
             f"{runs['variant'].nunique()} variant(s).</p>"]
@@ -696,6 +813,13 @@ def _index_html(dirs, runs, tables, figures, reps, data) -> str:
         b64 = base64.b64encode(paths[0].read_bytes()).decode("ascii")
         body.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
                     f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    if strips:
+        body.append(f"<h2>Policy videos</h2><p>{_md_inline(VIDEOS_TEXT)}</p>")
+        for st in strips:
+            b64 = base64.b64encode(st.png.read_bytes()).decode("ascii")
+            alt = html.escape(f"{task_title(st.env)}, {st.variant}")
+            body.append(f'<figure><img alt="{alt}" src="data:image/png;base64,{b64}">'
+                        f"<figcaption>{_md_inline(st.caption)}</figcaption></figure>")
     body.append("<h2>Runs</h2>" + tables["runs"].html())
     body.append(f'<h2>Method</h2><p class="method">{_md_inline(_method(reps, data))}</p>')
     if data.notes:

@@ -50,8 +50,8 @@ SUITES = {"gym": "Gym", "dmc": "DMC"}
 SUITE_ORDER = ("gym", "dmc")
 
 # Settings that do not change what a run learns: never used to tell variants apart.
-NOT_COMPARED = {"label", "baseline", "env", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
-                "checkpoint_every", "keep_checkpoints"}
+NOT_COMPARED = {"env", "imports", "seed", "seeds", "steps", "eval_every", "eval_episodes", "log_every",
+                *config_lib.RUN_CONTROL}  # label, baseline, checkpointing, trackers: never what was learned
 # Algorithms without a synthetic ratio (no synthetic batches): their `synthetic_ratio` column is NaN.
 NO_SYNTHETIC = ("sac",) + config_lib.ALM_ALGOS
 SHORT_NAMES = {"synthetic_ratio": "S"}

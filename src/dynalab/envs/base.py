@@ -178,12 +178,35 @@ def warning_names(data: mujoco.MjData, warnings: tuple[mujoco.mjtWarning, ...]) 
     ]
 
 
+# MuJoCo compiler deprecations raised by the XML that dm_control ships with its suite (e.g. "compiler
+# attribute 'settotalmass' is deprecated" for cheetah, hopper, walker, ...). They are about
+# dm_control's own files, repeat for every environment built (each seed, each evaluation env) and
+# there is nothing a dynalab user can do about them, so they are not shown.
+_SILENCED = ("is deprecated and will be removed",)
+_shown: set[str] = set()
+
+
 def _mujoco_warning(message: str) -> None:
-    # The bad-state warnings are reported once, per seed and step, by the training loop (the
-    # divergence is detected from MuJoCo's warning counters, which this handler leaves alone);
-    # every other MuJoCo warning still reaches the user.
-    if "Nan, Inf or huge value" not in message:
-        print(f"MuJoCo warning: {message.strip()}", file=sys.stderr)
+    message = message.strip()
+    # The bad-state warnings are reported per seed and step by the training loop (divergence is
+    # detected from MuJoCo's warning counters, which this handler leaves alone).
+    if "Nan, Inf or huge value" in message or any(s in message for s in _SILENCED) or message in _shown:
+        return
+    _shown.add(message)
+    print(f"dynalab: warning: MuJoCo says: {message} (shown once). It comes from the task's model or simulation, "
+          "not from dynalab; if this is your own task, fix its model, and if training reports diverged steps "
+          "(env/diverged in metrics.csv), check the task's actions and physics.", file=sys.stderr)
 
 
-mujoco.set_mju_user_warning(_mujoco_warning)
+def own_mujoco_warnings() -> None:
+    """Route MuJoCo's warnings to dynalab's handler: bad-state warnings are left to the training
+    loop, dm_control's asset deprecations are silenced, every other message is shown once per
+    process with what to do.
+
+    Importing dm_control installs its own handler (every warning as an absl log line), so the
+    dm_control adapter calls this again after importing it.
+    """
+    mujoco.set_mju_user_warning(_mujoco_warning)
+
+
+own_mujoco_warnings()

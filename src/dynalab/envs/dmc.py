@@ -19,14 +19,23 @@ from dynalab.envs.base import (
     check_snapshot_id,
     check_state,
     clear_warnings,
+    own_mujoco_warnings,
 )
 from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
 from dynalab.types import EnvSpec
+
+own_mujoco_warnings()  # importing dm_control (above) replaced the handler with its own
 
 # Fixed, so every instance of a task gets the same state layout whatever its seed;
 # two loads catch load-time randomisation (lqr), several resets per-episode ones.
 _DETECT_SEEDS = (101, 202)
 _DETECT_RESETS = 3
+
+
+# The camera videos use, as pixel-based agents and their papers do (DrQ, DrQ-v2): camera 0, each
+# domain's own side or tracking view, except quadruped, whose camera 0 is a distant global view
+# in which the body is a few pixels tall; its camera 2 follows it.
+RENDER_CAMERA = {"quadruped": 2}
 
 
 @functools.lru_cache(maxsize=None)
@@ -69,6 +78,8 @@ class DMCEnv(MujocoHandles):
         self._nsim = mjstate.integration_size(self._model)
         self._episode_over = True
         self._has_reset = False
+        camera = RENDER_CAMERA.get(domain, 0)
+        self._camera = camera if camera < self._model.ncam else -1  # a model without cameras: the free one
         obs_dim = sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values())
         limit = float(self._env._step_limit)
         self.spec = EnvSpec(
@@ -185,5 +196,36 @@ class DMCEnv(MujocoHandles):
         self._episode_over = bool(snap["episode_over"])
         self._has_reset = bool(snap["has_reset"])
 
+    @property
+    def control_dt(self) -> float:
+        """Simulated seconds per env step (the task's control timestep): a video's frame period."""
+        return float(self._env.control_timestep())
+
+    def render(self, width: int = 480, height: int = 480) -> np.ndarray:
+        """The current simulator state through the task's video camera: (height, width, 3) uint8.
+
+        dm_control's own `physics.render(height, width, camera_id)` with camera RENDER_CAMERA (0 for
+        every domain but quadruped), drawn offscreen with the backend MUJOCO_GL names. Reads the
+        simulator only: the state, and so the episode, is the same with or without rendering. The
+        first call opens the physics' rendering contexts, which close() releases. Raises RuntimeError
+        (or mujoco.FatalError) if no OpenGL backend works in this process.
+        """
+        vis = self._model.vis.global_
+        if width > vis.offwidth or height > vis.offheight:
+            # The offscreen framebuffer (640 x 480 in the suite's models) is sized when the contexts
+            # are made, so grow it and make them again; no dynamics read it.
+            self._free_render_contexts()
+            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+        return self._physics.render(height, width, camera_id=self._camera)
+
+    def _free_render_contexts(self) -> None:
+        # Explicitly, while the GL library is still loaded, rather than at garbage collection
+        # (render() made them, or a task that uploads its terrain at reset). Physics.free() would
+        # also free the simulator.
+        with self._physics._contexts_lock:
+            if self._physics._contexts:
+                self._physics._free_rendering_contexts()
+
     def close(self) -> None:
+        self._free_render_contexts()
         self._env.close()

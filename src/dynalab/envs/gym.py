@@ -54,6 +54,7 @@ class GymEnv(MujocoHandles):
         self._time_limit = _find_wrapper(self._env, gymnasium.wrappers.TimeLimit)
         self._order = _find_wrapper(self._env, gymnasium.wrappers.OrderEnforcing)
         self._checker = _find_wrapper(self._env, gymnasium.wrappers.PassiveEnvChecker)
+        self._renderer = None  # made by the first render()
         self.spec = EnvSpec(
             env_id=env_id,
             obs_dim=int(np.prod(self._env.observation_space.shape)),
@@ -176,7 +177,52 @@ class GymEnv(MujocoHandles):
         self._episode_over = bool(snap["episode_over"])
         self._has_reset = bool(snap["has_reset"])
 
+    @property
+    def control_dt(self) -> float:
+        """Simulated seconds per env step (frame_skip x the MuJoCo timestep): a video's frame period."""
+        return float(self._core.dt)
+
+    def render(self, width: int = 480, height: int = 480) -> np.ndarray:
+        """The current simulator state drawn by Gymnasium's rgb_array renderer: (height, width, 3) uint8.
+
+        Camera: the task's "track" camera, which the Gym MuJoCo models define to follow the body's
+        centre of mass from the side (Hopper, Walker2d, HalfCheetah, Ant, Humanoid), else the free
+        camera set by the task's default_camera_config (InvertedPendulum). Drawn offscreen with the
+        backend MUJOCO_GL names. Reads the simulator only: the state, and so the episode, is the same
+        with or without rendering. The first call (and any call with a new size) opens a rendering
+        context, which close() releases. Raises RuntimeError (or mujoco.FatalError) if no OpenGL
+        backend works in this process.
+        """
+        from gymnasium.envs.mujoco.mujoco_rendering import MujocoRenderer
+
+        if self._renderer is None or (self._renderer.width, self._renderer.height) != (width, height):
+            self._close_renderer()
+            # Gymnasium grows the offscreen framebuffer to the requested size the same way; it is
+            # sized when the rendering context is made, and no dynamics read it.
+            vis = self._model.vis.global_
+            vis.offwidth, vis.offheight = max(vis.offwidth, width), max(vis.offheight, height)
+            own = self._core.mujoco_renderer  # holds the task's camera settings even without render_mode
+            # Gymnasium used to render through the "track" camera; since its PR #1618 it uses a free
+            # camera that stays where the episode started, so a runner leaves the picture within seconds.
+            track = mujoco.mj_name2id(self._model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+            self._renderer = MujocoRenderer(
+                self._model, self._data, own.default_cam_config, width, height, own.max_geom,
+                camera_id=track if track >= 0 else own.camera_id, visual_options=getattr(own, "_vopt", None),
+            )
+        elif self._renderer.viewer is not None:
+            # Gymnasium makes a context current only when it is made; another env's may be current now.
+            self._renderer.viewer.make_context_current()
+        return np.ascontiguousarray(self._renderer.render("rgb_array"))
+
+    def _close_renderer(self) -> None:
+        # Explicitly, while the GL library is still loaded: left to the garbage collector at
+        # interpreter exit, the EGL context's destructor raises (and prints a traceback).
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
     def close(self) -> None:
+        self._close_renderer()
         self._env.close()
 
 

@@ -39,6 +39,13 @@ dmc:lqr-lqr_2_1, lqr_6_2      obs = qpos ++ qvel = physics.state(); terminates w
                               ||state|| < 1e-6 (LQRLevel.get_termination)
 ============================  ==========================================================
 
+Tasks of the user's own (see custom.py) get their rule from the run's ``--termination``
+(``TrainConfig.termination``, resolved by `resolve`): ``auto`` (the default) is the rule above
+for the suites' tasks, ``never`` for a user's dm_control task whose Task does not override
+``get_termination``, and none (so a model-based run is refused) for a user's Gymnasium task;
+``never`` says the task never terminates; ``MODULE:FUNCTION`` names a jittable function of the
+predicted next observation, ``next_obs`` float32 (..., obs_dim) -> bool (...).
+
 A NaN anywhere a strict range test looks fails that test, as in Gymnasium (all
 comparisons with NaN are false), so NaN states terminate exactly as there.
 
@@ -59,6 +66,8 @@ Where the observation cannot reproduce the real flag exactly:
 
 from __future__ import annotations
 
+import importlib
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +79,16 @@ TerminationFn = Callable[[Any, Any, Any], jax.Array]
 
 class NoTerminationFnError(ValueError):
     """Raised for an env id without a known termination function."""
+
+
+class TerminationRuleError(ValueError):
+    """A --termination value that cannot be used; its message is one sentence."""
+
+
+AUTO, NEVER = "auto", "never"
+_USER_RULE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+RULE_CHOICES = "auto (the built-in rule of a known task), never, or MODULE:FUNCTION (e.g. my_tasks:pole_fallen)"
+
 
 
 def _never(next_obs: jax.Array) -> jax.Array:
@@ -138,26 +157,107 @@ _LQR_DOMAIN = "lqr"
 
 
 def _is_dmc_task(env_id: str) -> bool:
+    """Whether `env_id` is a dm_control task whose rule is built in: every suite task, and a
+    user's task whose Task never ends an episode early (does not override get_termination)."""
     if not env_id.startswith("dmc:"):
         return False
     # Not list_envs(): that would probe for a rendering backend just to answer this.
-    from dynalab.envs.registry import is_known_id
+    from dynalab.envs.registry import dmc_task_can_terminate, is_known_id, is_user_id
 
-    return is_known_id(env_id)
+    if not is_known_id(env_id):
+        return False
+    return not is_user_id(env_id) or not dmc_task_can_terminate(env_id)
 
 
 def has_termination_fn(env_id: str) -> bool:
-    """Whether `termination_fn(env_id)` returns a function (rather than raising)."""
+    """Whether `termination_fn(env_id)` returns a function (rather than raising): a built-in rule."""
+    return env_id in _GYM or _is_dmc_task(env_id)
+
+
+def has_builtin_fn(env_id: str) -> bool:
+    """Whether a rule for `env_id` is built in (what --termination auto uses)."""
     return env_id in _GYM or _is_dmc_task(env_id)
 
 
 def supported_ids() -> list[str]:
-    """The gym ids with a known termination function (every dmc:* task has one too)."""
+    """The gym ids with a built-in termination function (every dm_control suite task has one too)."""
     return list(_GYM)
 
 
+def check_rule(rule: str) -> None:
+    """Raise TerminationRuleError unless `rule` is a well-formed --termination value."""
+    if not isinstance(rule, str) or not (rule in (AUTO, NEVER) or _USER_RULE.fullmatch(rule)):
+        raise TerminationRuleError(f"--termination must be {RULE_CHOICES}, got {rule!r}.")
+
+
+def resolve(env_id: str, rule: str, obs_dim: int) -> TerminationFn | None:
+    """The termination function a run of `env_id` with `--termination rule` uses.
+
+    `auto`: the built-in rule, or None where there is none (a user's Gymnasium task, or a user's
+    dm_control task that can end episodes early); `never`: always False; `MODULE:FUNCTION`: the
+    user's function of next_obs, imported and checked here on a (2, 3, obs_dim) float32 batch.
+    Raises TerminationRuleError (one sentence) for a malformed rule, a module that fails to
+    import, a missing or non-callable function, or one that does not map (..., obs_dim) float32
+    to a bool array of shape (...).
+    """
+    check_rule(rule)
+    if rule == AUTO:
+        return termination_fn(env_id) if has_builtin_fn(env_id) else None
+    if rule == NEVER:
+        return _wrap(env_id, "never", _never, obs_dim)
+    return _wrap(env_id, rule, _load_user_rule(rule, obs_dim), obs_dim)
+
+
+def _load_user_rule(rule: str, obs_dim: int) -> Callable[[jax.Array], jax.Array]:
+    module_name, _, path = rule.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as e:  # the user's module may raise anything while it runs
+        raise TerminationRuleError(f"--termination {rule}: cannot import {module_name} ({_one_line(e)}); "
+                                   "check the module name and that it is installed or on PYTHONPATH.") from e
+    for part in path.split("."):
+        if not hasattr(target, part):
+            raise TerminationRuleError(f"--termination {rule}: {module_name} has no attribute {path}; name a "
+                                       f"function defined in {module_name}, as MODULE:FUNCTION.")
+        target = getattr(target, part)
+    if not callable(target):
+        raise TerminationRuleError(f"--termination {rule}: {path} is a {type(target).__name__}, not a function "
+                                   "of the predicted next observation.")
+    probe = jax.ShapeDtypeStruct((2, 3, obs_dim), jnp.float32)
+    expect = f"a jittable function of next_obs, float32 (..., {obs_dim}) -> bool (...)"
+    try:
+        out = jax.eval_shape(target, probe)
+    except Exception as e:  # whatever tracing the user's function raises
+        raise TerminationRuleError(f"--termination {rule} failed on a (2, 3, {obs_dim}) float32 batch of next "
+                                   f"observations ({_one_line(e)}); it must be {expect}.") from e
+    if not (isinstance(out, jax.ShapeDtypeStruct) and out.shape == (2, 3) and out.dtype == jnp.bool_):
+        got = f"shape {out.shape} and dtype {out.dtype}" if isinstance(out, jax.ShapeDtypeStruct) else type(out).__name__
+        raise TerminationRuleError(f"--termination {rule} returned {got} for a (2, 3, {obs_dim}) batch of next "
+                                   f"observations; it must be {expect}, e.g. shape (2, 3) and dtype bool.")
+    return target
+
+
+def _wrap(env_id: str, rule: str, condition: Callable[[jax.Array], jax.Array], obs_dim: int) -> TerminationFn:
+    def done(obs: Any, action: Any, next_obs: Any) -> jax.Array:
+        del obs, action  # a rule is a function of the predicted next observation
+        next_obs = jnp.asarray(next_obs)
+        if next_obs.ndim < 1 or next_obs.shape[-1] != obs_dim:
+            raise ValueError(f"{env_id}: next_obs has shape {next_obs.shape}; expected (..., {obs_dim}).")
+        return condition(next_obs)
+
+    done.__name__ = f"termination_{rule.replace(':', '_').replace('.', '_')}"
+    done.__doc__ = f"True where a transition of {env_id} terminates, by --termination {rule}."
+    return done
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()).rstrip(".")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
 def termination_fn(env_id: str) -> TerminationFn:
-    """The known termination function of `env_id` (see the module docstring).
+    """The built-in termination function of `env_id` (see the module docstring); a run's own rule,
+    which --termination may set, is `resolve(env_id, rule, obs_dim)`.
 
     Raises NoTerminationFnError (a ValueError) for an id without one.
     """
@@ -169,8 +269,8 @@ def termination_fn(env_id: str) -> TerminationFn:
     else:
         raise NoTerminationFnError(
             f"no known termination function for env {env_id!r}; supported: "
-            f"{', '.join(_GYM)} and every dmc:<domain>-<task> task. "
-            "Use has_termination_fn() to check, or learn termination instead."
+            f"{', '.join(_GYM)} and every dmc:<domain>-<task> task that cannot end early. "
+            "Use has_termination_fn() to check, or pass --termination never or MODULE:FUNCTION."
         )
 
     def done(obs: Any, action: Any, next_obs: Any) -> jax.Array:

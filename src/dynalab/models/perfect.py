@@ -8,12 +8,14 @@ and the rollout drops it, as the training loop drops a diverged real step.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dynalab.envs import make_env
-from dynalab.envs.base import SimulatorDiverged
+from dynalab.envs.base import MujocoHandles, SimulatorDiverged
 from dynalab.types import EnvSpec, bits_state, state_bits
 
 
@@ -65,3 +67,69 @@ class Simulator:
             jax.ShapeDtypeStruct(lead, jnp.bool_),
         )
         return jax.pure_callback(self.host_step, shapes, bits, action, vmap_method="broadcast_all")
+
+
+class PerfectModelError(ValueError):
+    """The perfect model cannot stand in for this task; the message is one sentence."""
+
+
+# The probe: steps of one instance, each replayed from its restored state in another instance
+# (another seed, so another episode's randomisation), with a reset halfway so that a
+# per-episode choice made at reset is crossed too.
+_PROBE_STEPS, _PROBE_RESET_AT = 24, 12
+
+
+@functools.cache
+def check_task(env_id: str) -> None:
+    """Refuse a task that the perfect model would simulate wrongly, before a run starts.
+
+    The perfect model restores a copy of the task to each sampled state (`Env.set_state`: MuJoCo's
+    integration state, plus the model entries a dm_control task randomises and, for Gymnasium, the
+    body positions some rewards read) and steps it. That is exact only if the next observation,
+    reward and termination follow from that state alone. The probe checks it on
+    `_PROBE_STEPS` random-action steps (about a second for a small task): each is replayed by an
+    instance seeded differently, restored to the same state, and must match exactly.
+
+    Raises PerfectModelError (one sentence) for a task that is not a MuJoCo task, or whose replayed
+    step differs (e.g. it keeps per-episode state in Python attributes set at reset). Succeeds
+    silently, and is then remembered for the rest of the process.
+    """
+    real, replay = make_env(env_id, seed=0), make_env(env_id, seed=1)
+    try:
+        if not (isinstance(real, MujocoHandles) and isinstance(replay, MujocoHandles)):
+            raise PerfectModelError(
+                f"--perfect-model restores MuJoCo states, and {env_id} is not a MuJoCo task; drop --perfect-model.")
+        rng = np.random.default_rng(0)
+        real.reset()
+        replay.reset()
+        for i in range(_PROBE_STEPS):
+            if i == _PROBE_RESET_AT:
+                real.reset()
+            action = rng.uniform(-1.0, 1.0, real.spec.action_dim).astype(np.float32)
+            state = real.get_state()
+            try:
+                obs, reward, terminated, truncated = real.step(action)
+            except SimulatorDiverged:
+                real.reset()
+                continue
+            replay.set_state(state)
+            try:
+                r_obs, r_reward, r_terminated, _ = replay.step(action)
+            except SimulatorDiverged:
+                r_obs, r_reward, r_terminated = np.full_like(obs, np.nan), np.nan, None
+            differs = [what for what, same in (
+                ("observation", np.array_equal(obs, r_obs)), ("reward", reward == r_reward),
+                ("termination", terminated == r_terminated)) if not same]
+            if differs:
+                raise PerfectModelError(
+                    f"--perfect-model needs a task whose next observation, reward and termination follow from "
+                    f"its MuJoCo state alone, but a copy of {env_id} restored to a state of another instance "
+                    f"stepped to a different {' and '.join(differs)}, so the task keeps state outside MuJoCo's "
+                    "(e.g. a Python attribute set at reset) or reads derived quantities before stepping; keep "
+                    "such state in the MuJoCo model or data (as dm_control's reacher keeps its target in "
+                    "geom_pos), or drop --perfect-model.")
+            if terminated or truncated:
+                real.reset()
+    finally:
+        real.close()
+        replay.close()
