@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import tempfile
@@ -23,6 +24,9 @@ from dynalab.types import Transition, state_bits
 
 
 def _commit() -> str | None:
+    # A copy of the working tree without .git (the GPU machine's) passes the commit in DYNALAB_COMMIT.
+    if os.environ.get("DYNALAB_COMMIT"):
+        return os.environ["DYNALAB_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
@@ -111,6 +115,28 @@ def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
     }
 
 
+def _perfect_model_seconds(trainer: Trainer, cfg: TrainConfig, repeats: int = 3) -> float:
+    """Seconds of the perfect model's host callback alone for one env step of every member: one
+    `rollouts_per_step` x members batch of restored states (the members' current real states,
+    repeated) stepped once per rollout step (at the longest horizon, `cfg.max_horizon`), on
+    `cfg.env_workers` threads. Part of `learner` above, not added to the total."""
+    from dynalab.models.perfect import Simulator  # only --perfect-model runs build simulators here
+
+    sim = Simulator(trainer.spec, cfg.env_workers)
+    try:
+        states = trainer.envs.get_states()
+        rows = np.resize(states, (cfg.rollouts_per_step * len(states), states.shape[1]))
+        bits = state_bits(rows)
+        actions = np.random.default_rng(0).uniform(-1, 1, (len(rows), trainer.spec.action_dim))
+        sim.host_step(bits[:1], actions[:1])  # builds the per-worker simulators, untimed
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            sim.host_step(bits, actions)
+        return (time.perf_counter() - t0) / repeats * cfg.max_horizon
+    finally:
+        sim.close()
+
+
 def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
     """Time `cfg.steps` learning steps after warm-up and compilation; returns a JSON-able record.
 
@@ -127,6 +153,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         while trainer.env_step < cfg.warmup_steps:
             trainer.step()
         # Compile the learning step, evaluation and hooks before any timing.
+        t0 = time.perf_counter()
         for _ in range(2):
             trainer.step()
         jax.block_until_ready(trainer.state)
@@ -135,6 +162,8 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
             trainer.state, _, _ = trainer.batch.run_hook(h, trainer.state, trainer.roots, trainer.env_step)
         jax.block_until_ready(trainer.state)
         trainer.evaluate()
+        # First calls: compilation (or a compile-cache load) plus one execution of each program.
+        compile_seconds = time.perf_counter() - t0
         trainer.timer.drain()
 
         t0 = time.perf_counter()
@@ -191,6 +220,8 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         jax.block_until_ready((state, a))
         learner_only = (time.perf_counter() - t0) / learner_repeats
         trainer.state = state
+        env_workers = trainer.envs.workers
+        perfect = _perfect_model_seconds(trainer, cfg) if cfg.perfect_model else None
     finally:
         trainer.close()
 
@@ -214,13 +245,26 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         "config": dataclasses.asdict(cfg),
         "seconds_per_env_step": {**per_step, "total": total},
         "seconds_per_seed_step": total / len(cfg.members()),
+        "env_workers": env_workers,  # threads stepping the training envs (--env-workers; 0 = all cores)
+        "env_seconds_per_seed_step": per_step["env"] / len(cfg.members()),
+        # The perfect model's host callback alone (part of `learner`), None without --perfect-model.
+        "perfect_model_callback_seconds_per_env_step": perfect,
         "learner_parts_seconds_per_env_step": parts,
         "learner_only_seconds_per_env_step": learner_only,
         "loop_overhead_seconds_per_env_step": per_step["learner"] - learner_only,
         "measured_wall_seconds_per_env_step": wall / steps,
         "eval_seconds_per_evaluation": eval_seconds,
         "checkpoint": ckpt,
+        "compile_seconds": compile_seconds,
+        "peak_device_bytes": _peak_device_bytes(),
     }
+
+
+def _peak_device_bytes() -> int | None:
+    """Peak bytes allocated on the first device so far in this process (None where the backend does
+    not report it, e.g. on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
 
 
 def format_table(r: dict) -> str:
@@ -242,6 +286,12 @@ def format_table(r: dict) -> str:
         if k == "learner":
             for part, pv in r["learner_parts_seconds_per_env_step"].items():
                 lines.append(f"{'  of which ' + part:<28}{ms(pv):>12}{ms(pv / n):>14}")
+    if "env_workers" in r:
+        lines.append(f"{'env, per seed-step':<28}{'':>12}{ms(r['env_seconds_per_seed_step']):>14}"
+                     f"  on {r['env_workers']} worker thread(s)")
+    if r.get("perfect_model_callback_seconds_per_env_step") is not None:
+        pm = r["perfect_model_callback_seconds_per_env_step"]
+        lines.append(f"{'  perfect model callback':<28}{ms(pm):>12}{ms(pm / n):>14}  (alone; part of learner)")
     lines.append(f"{'learner alone, on device':<28}{ms(r['learner_only_seconds_per_env_step']):>12}"
                  f"{ms(r['learner_only_seconds_per_env_step'] / n):>14}")
     lines.append(f"{'loop overhead over it':<28}{ms(r['loop_overhead_seconds_per_env_step']):>12}"

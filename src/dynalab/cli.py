@@ -91,12 +91,24 @@ class Bench:
     cfg: RunFlags = field(default_factory=lambda: TrainConfig(**BENCH_SIZE))
     json: Path | None = None
     """Also write the measurements, with command, commit, date and device, to this file."""
+    seed_counts: tuple[int, ...] = ()
+    """A scaling curve: bench at each of these seed counts (e.g. 1 2 4 8) in one process, instead of at --seeds."""
+    plot: Path | None = None
+    """With --seed-counts: the PNG of the curve (default: beside --json, else bench_scaling.png)."""
 
     def run(self) -> None:
         from dynalab.bench import bench, format_table, write_json
 
-        result = bench(self.cfg)
-        print(format_table(result))
+        if self.seed_counts:
+            from dynalab.scaling import format_curve, plot_curve, scaling
+
+            result = scaling(self.cfg, list(self.seed_counts))
+            print(format_curve(result))
+            png = self.plot or (self.json.with_suffix(".png") if self.json else Path("bench_scaling.png"))
+            print(f"wrote {plot_curve(result, png)}")
+        else:
+            result = bench(self.cfg)
+            print(format_table(result))
         if self.json is not None:
             write_json(result, self.json)
             print(f"wrote {self.json}")

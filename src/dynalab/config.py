@@ -20,6 +20,8 @@ Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned", "alm", "alm-nodyna"]
 Logger = Literal["tensorboard", "wandb"]
 LOGGERS: tuple[str, ...] = typing.get_args(Logger)
 WandbMode = Literal["offline", "online"]
+# JAX's `jax_default_matmul_precision` for float32 dots and convolutions (see `apply_matmul_precision`).
+MatmulPrecision = Literal["default", "float32", "tensorfloat32", "bfloat16"]
 WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
 # The algorithms that roll out a learned model, so need to know when a rollout terminates.
 MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
@@ -75,6 +77,12 @@ class TrainConfig:
     """Write a resumable checkpoint every N env steps, and at the start and end (0: never)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in the run folder."""
+    env_workers: int = 1
+    """Threads that step the simulators (training, evaluation, --perfect-model); 0: one per available CPU core.
+    Default 1: on dm_control most of a step holds the GIL, and 2 threads measured 0.87-1.04x (README)."""
+    matmul_precision: MatmulPrecision = "default"
+    """Float32 matmul precision: default (JAX's: TF32 on NVIDIA GPUs since Ampere, float32 on CPU), float32,
+    tensorfloat32 or bfloat16 (README, "Float precision")."""
     logger: tuple[Logger, ...] = ()
     """Also send metrics.csv's rows to tensorboard, wandb or both (pip install 'dynalab[tensorboard,wandb]')."""
     wandb_project: str = "dynalab"
@@ -197,6 +205,27 @@ def _check_types(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{flag} must be a number, got {value!r}.")
         elif kind is str and not isinstance(value, str):
             raise ConfigError(f"{flag} must be a string, got {value!r}.")
+        elif typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+            raise ConfigError(f"{flag} must be one of: {', '.join(map(str, typing.get_args(kind)))}, got {value!r}.")
+
+
+def apply_matmul_precision(cfg: TrainConfig) -> str:
+    """Make every float32 matmul traced from now on in this process use `cfg.matmul_precision`;
+    returns a description of what that means here (recorded in run.json).
+
+    JAX's default computes float32 dots in reduced precision on accelerators that have a faster
+    mode (TF32 tensor cores on NVIDIA GPUs since Ampere, bfloat16 passes on TPU) and in float32 on
+    CPU. The setting is global to the process and part of JAX's trace context, so programs already
+    compiled with another precision are not reused for this run.
+    """
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", None if cfg.matmul_precision == "default" else cfg.matmul_precision)
+    platform = jax.default_backend()
+    if cfg.matmul_precision != "default":
+        return cfg.matmul_precision
+    return {"cpu": "default (float32 on CPU)", "gpu": "default (TF32 on NVIDIA GPUs since Ampere, else float32)",
+            "tpu": "default (bfloat16 passes on TPU)"}.get(platform, f"default ({platform})")
 
 
 def validate(cfg: TrainConfig, algos: list[str]) -> None:
@@ -259,6 +288,8 @@ def validate(cfg: TrainConfig, algos: list[str]) -> None:
     if not s.hidden or any(h <= 0 for h in s.hidden):
         raise ConfigError(f"--sac.hidden must be positive layer widths, got {s.hidden}.")
     _positive("keep_checkpoints", cfg.keep_checkpoints)
+    if cfg.env_workers < 0:
+        raise ConfigError(f"--env-workers must be >= 0 (0 means one per available CPU core), got {cfg.env_workers}.")
     _validate_trackers(cfg)
     for name in ("checkpoint_every", "reset_agent_every", "reset_model_every"):
         if getattr(cfg, name) < 0:
@@ -399,8 +430,8 @@ def _check_perfect_model(cfg: TrainConfig) -> None:
 
 
 # Fields that change how a run is kept or watched, not what it computes: they may differ on resume.
-RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints", "logger", "wandb_project", "wandb_entity",
-               "wandb_group", "wandb_mode")
+RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints", "env_workers", "logger", "wandb_project",
+               "wandb_entity", "wandb_group", "wandb_mode")
 
 
 def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -124,7 +124,7 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def write_run_meta(out: Path, resumed_from: int | None) -> None:
+def write_run_meta(out: Path, resumed_from: int | None, matmul_precision: str = "default") -> None:
     path = out / "run.json"
     meta = json.loads(path.read_text()) if resumed_from is not None and path.exists() else {}
     entry = {
@@ -133,6 +133,7 @@ def write_run_meta(out: Path, resumed_from: int | None) -> None:
         "devices": [str(d) for d in jax.devices()],
         "python": platform.python_version(),
         "packages": package_versions(),
+        "matmul_precision": matmul_precision,
         "command": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

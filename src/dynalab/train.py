@@ -92,6 +92,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         config_lib.validate(cfg, list(ALGOS))
+        self.matmul_precision = config_lib.apply_matmul_precision(cfg)  # before anything is traced
         self.cfg = cfg
         self.members = cfg.members()
         self.seeds = [seed for seed, _ in self.members]  # one entry per member of the program
@@ -99,9 +100,9 @@ class Trainer:
         self._base = make_learner(cfg, self.spec)
         self.batch = SeedBatch(self._learner_for, self.spec.action_dim,
                                [0.0 if v is None else v for _, v in self.members])
-        self.envs = BatchEnv(cfg.env, [train_env_seed(s) for s in self.seeds])
+        self.envs = BatchEnv(cfg.env, [train_env_seed(s) for s in self.seeds], cfg.env_workers)
         self.eval_envs = BatchEnv(
-            cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)]
+            cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)], cfg.env_workers
         )
         self.roots = seed_roots(self.seeds)  # a seed draws the same keys whatever value it runs with
         try:
@@ -363,7 +364,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
         loop = {"episode_returns": np.zeros((0, len(trainer.members))), "interval_step": np.asarray(0)}
         if plan.checkpoint is None:
             config_lib.save(cfg, out / "config.json")
-            rundir.write_run_meta(out, None)
+            rundir.write_run_meta(out, None, trainer.matmul_precision)
             (out / "metrics.csv").unlink(missing_ok=True)  # header-only leftovers of a run killed at once
         else:
             trainer.state = checkpoint.read_learner(plan.checkpoint, trainer.state)
@@ -375,7 +376,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
             os.replace(tmp, out / "metrics.csv")
             if allow_config_change:
                 config_lib.save(cfg, out / "config.json")
-            rundir.write_run_meta(out, trainer.env_step)
+            rundir.write_run_meta(out, trainer.env_step, trainer.matmul_precision)
             print(f"dynalab: resuming {out} from its checkpoint at env step {trainer.env_step:,} of {cfg.steps:,} "
                   "(metrics.csv rolled back to it; later rows are recomputed).", file=sys.stderr)
         sinks = trackers.open_sinks(cfg, out, trainer.members)  # after the rollback: they catch up with metrics.csv

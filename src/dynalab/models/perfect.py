@@ -16,22 +16,44 @@ import numpy as np
 
 from dynalab.envs import make_env
 from dynalab.envs.base import MujocoHandles, SimulatorDiverged
+from dynalab.envs.batch import RowPool, resolve_workers
 from dynalab.types import EnvSpec, bits_state, state_bits
 
 
 class Simulator:
     """Steps restored copies of a task: (sim state, action) -> (next obs, reward, terminated, next
     state, valid); `valid` is False where the simulator diverged (the other outputs are then
-    placeholders: zeros, and the state it started from)."""
+    placeholders: zeros, and the state it started from).
 
-    def __init__(self, spec: EnvSpec):
+    The rows of a call are split into contiguous chunks over `workers` threads (0: every
+    available CPU core), each with its own simulator instance. Every row starts from its own
+    restored state, and `check_task` guarantees that a step depends on that state alone, so the
+    outputs equal those of one instance stepping the rows in order, bit for bit. Raises ValueError
+    (one sentence) for a `workers` that is not an int >= 0.
+    """
+
+    def __init__(self, spec: EnvSpec, workers: int = 1):
         self.spec = spec
-        self._env = None  # built lazily: the learner may be traced where it never steps
+        resolve_workers(workers, 1)  # validate now, not inside a callback
+        self._requested = workers
+        self._envs: list = []  # built lazily: the learner may be traced where it never steps
+        self._pool: RowPool | None = None
+
+    @property
+    def workers(self) -> int:
+        """Threads a call with many rows uses: the requested count, or every available core."""
+        return resolve_workers(self._requested, 1 << 30)
+
+    def _ensure_started(self) -> None:
+        if self._pool is None:
+            self._envs = [make_env(self.spec.env_id, seed=0) for _ in range(self.workers)]
+            self._pool = RowPool(self.workers)
 
     def host_step(self, bits: np.ndarray, action: np.ndarray):
-        if self._env is None:
-            self._env = make_env(self.spec.env_id, seed=0)
-        env = self._env
+        """Host side of `step`: bits (..., state_words) uint32 and action (..., action_dim) in
+        [-1, 1] -> next obs (..., obs_dim) float32, reward (...) float32, terminated (...) bool,
+        next-state bits (..., state_words) uint32, valid (...) bool."""
+        self._ensure_started()
         lead = bits.shape[:-1]
         states = bits_state(bits.reshape(-1, bits.shape[-1]))
         actions = np.asarray(action, np.float64).reshape(-1, self.spec.action_dim)
@@ -41,14 +63,19 @@ class Simulator:
         terminated = np.empty(n, bool)
         valid = np.ones(n, bool)
         next_states = np.empty_like(states)
-        for i in range(n):
-            env.set_state(states[i])
-            try:
-                next_obs[i], reward[i], terminated[i], _ = env.step(actions[i])
-                next_states[i] = env.get_state()
-            except SimulatorDiverged:
-                next_obs[i], reward[i], terminated[i], valid[i] = 0.0, 0.0, True, False
-                next_states[i] = states[i]
+
+        def step_rows(worker: int, start: int, stop: int) -> None:
+            env = self._envs[worker]  # one simulator per thread; rows never share one at once
+            for i in range(start, stop):
+                env.set_state(states[i])
+                try:
+                    next_obs[i], reward[i], terminated[i], _ = env.step(actions[i])
+                    next_states[i] = env.get_state()
+                except SimulatorDiverged:
+                    next_obs[i], reward[i], terminated[i], valid[i] = 0.0, 0.0, True, False
+                    next_states[i] = states[i]
+
+        self._pool.run(step_rows, n)
         return (
             next_obs.reshape(*lead, -1),
             reward.reshape(lead),
@@ -56,6 +83,15 @@ class Simulator:
             state_bits(next_states).reshape(*lead, -1),
             valid.reshape(lead),
         )
+
+    def close(self) -> None:
+        """Stop the worker threads and release the simulators (a later call starts them again)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        for env in self._envs:
+            env.close()
+        self._envs = []
 
     def step(self, bits: jax.Array, action: jax.Array):
         lead = bits.shape[:-1]
