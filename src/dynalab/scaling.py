@@ -109,7 +109,7 @@ def plot_curve(r: dict, path: Path) -> Path:
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    per_seed.legend(fontsize=8, loc="upper right")
+    per_seed.legend(fontsize=8, loc="lower left")
     fig.suptitle(f"{r['algo']} on {r['env']}, replay ratio {r['replay_ratio']}; {r['device']}", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
