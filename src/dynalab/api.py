@@ -62,18 +62,14 @@ def make_config(algo: str = "sac", **changes: Any) -> TrainConfig:
             if unknown:
                 raise ConfigError(f"make_config() got unknown {name} field(s) {', '.join(map(repr, unknown))}; "
                                   f"valid {name} fields are: {', '.join(sorted(inner))}.")
-            value = dataclasses.replace(group, **{k: _as_field_type(v) for k, v in value.items()})
-        top[name] = _as_field_type(value)
+            value = dataclasses.replace(group, **value)
+        top[name] = value
     cfg = dataclasses.replace(cfg, **top)
-    # A round trip through the JSON form checks every field's type as config.json loading does.
+    # A round trip through the JSON form turns lists into the tuples the config holds, as loading
+    # config.json does.
     cfg = config_lib.from_dict(config_lib.to_dict(cfg))
     config_lib.validate(cfg, list(ALGOS))
     return cfg
-
-
-def _as_field_type(value: Any) -> Any:
-    # Config fields that hold sequences are tuples (hashable, and what config.json loads back).
-    return tuple(value) if isinstance(value, list) else value
 
 
 def run_training(cfg: TrainConfig, out: str | Path, progress: bool = True, allow_config_change: bool = False) -> np.ndarray:

@@ -19,10 +19,9 @@ Algo = Literal["sac", "mbpo", "ftfl", "ftfl-tuned", "alm", "alm-nodyna"]
 # Experiment trackers that can mirror metrics.csv (src/dynalab/trackers.py), and W&B's modes.
 Logger = Literal["tensorboard", "wandb"]
 LOGGERS: tuple[str, ...] = typing.get_args(Logger)
-WandbMode = Literal["offline", "online"]
+WandbMode = Literal["offline", "online"]  # checked with every Literal field by _check_types
 # JAX's `jax_default_matmul_precision` for float32 dots and convolutions (see `apply_matmul_precision`).
 MatmulPrecision = Literal["default", "float32", "tensorfloat32", "bfloat16"]
-WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
 # The algorithms that roll out a learned model, so need to know when a rollout terminates.
 MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
 # Aligned Latent Models with and without its Dyna-style actor loss (STFL section 3.3, Table 3).
@@ -323,8 +322,6 @@ def _validate_trackers(cfg: TrainConfig) -> None:
     for name in cfg.logger if isinstance(cfg.logger, (tuple, list)) else [cfg.logger]:
         if name not in LOGGERS:
             raise ConfigError(f"--logger must be {' or '.join(LOGGERS)} (or both), got {name!r}.")
-    if cfg.wandb_mode not in WANDB_MODES:
-        raise ConfigError(f"--wandb-mode must be one of: {', '.join(WANDB_MODES)}, got {cfg.wandb_mode!r}.")
 
 
 def _validate_alm(cfg: TrainConfig) -> None:
@@ -386,7 +383,7 @@ def _import_task_modules(cfg: TrainConfig) -> None:
 
 
 def _check_termination(cfg: TrainConfig, obs_dim: int) -> None:
-    """Check --termination and select the rule a model-based run's rollouts use.
+    """Check --termination, and that a model-based run with a learned model has a rule.
 
     A learned model needs a rule: --termination auto (the built-in rule of a known task; every
     dm_control task that cannot end early has one, see envs/termination.py), never, or a user's
@@ -456,29 +453,32 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _as_tuples(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """JSON and TOML lists -> tuples for the tuple-typed fields of `cls` (what the dataclass holds);
+    a bare string for a tuple of strings (`logger = "wandb"`, `imports = "my_tasks"`) -> a 1-tuple."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for name, value in values.items():
+        kinds = [k for k in (hints.get(name), *typing.get_args(hints.get(name))) if typing.get_origin(k) is tuple]
+        if not kinds:
+            continue
+        items = typing.get_args(kinds[0])[:1]
+        of_strings = bool(items) and (items[0] is str or typing.get_origin(items[0]) is Literal)
+        if isinstance(value, list):
+            out[name] = tuple(value)
+        elif isinstance(value, str) and of_strings:
+            out[name] = (value,)
+    return out
+
+
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     """A config from its JSON form; unknown or missing-typed fields raise ConfigError."""
     try:
         d = dict(d)
-        sac = dict(d.pop("sac", {}))
-        if "hidden" in sac:
-            sac["hidden"] = tuple(sac["hidden"])
-        alm = dict(d.pop("alm", {}))
-        model = dict(d.pop("model", {}))
-        if model.get("weight_decay") is not None:
-            model["weight_decay"] = tuple(model["weight_decay"])
-        if d.get("horizon_schedule") is not None:
-            d["horizon_schedule"] = tuple(d["horizon_schedule"])
-        if d.get("sweep_values") is not None:
-            d["sweep_values"] = tuple(d["sweep_values"])
-        if isinstance(d.get("logger"), str):  # `logger = "wandb"` in a preset or --set
-            d["logger"] = (d["logger"],)
-        elif d.get("logger") is not None:
-            d["logger"] = tuple(d["logger"])
-        if isinstance(d.get("imports"), str):  # a TOML `imports = "my_tasks"`
-            d["imports"] = (d["imports"],)
-        elif d.get("imports") is not None:
-            d["imports"] = tuple(d["imports"])
+        sac = _as_tuples(SACConfig, dict(d.pop("sac", {})))
+        alm = _as_tuples(ALMConfig, dict(d.pop("alm", {})))
+        model = _as_tuples(ModelConfig, dict(d.pop("model", {})))
+        d = _as_tuples(TrainConfig, d)
         return TrainConfig(**d, sac=SACConfig(**sac), model=ModelConfig(**model), alm=ALMConfig(**alm))
     except TypeError as e:  # an unknown or misspelt field
         valid = ", ".join(f.name for f in dataclasses.fields(TrainConfig))

@@ -22,8 +22,8 @@ from dynalab.types import EnvSpec, bits_state, state_bits
 
 class Simulator:
     """Steps restored copies of a task: (sim state, action) -> (next obs, reward, terminated, next
-    state, valid); `valid` is False where the simulator diverged (the other outputs are then
-    placeholders: zeros, and the state it started from).
+    state, valid); `valid` is False where the simulator diverged: that row is no transition and the
+    rollout drops it (its other outputs are set to zeros, terminated, and the state it started from).
 
     The rows of a call are split into contiguous chunks over `workers` threads (0: every
     available CPU core), each with its own simulator instance. Every row starts from its own
