@@ -37,3 +37,19 @@ def test_any_other_mujoco_warning_is_shown_once_with_what_to_do(capsys):
 def test_bad_state_warnings_are_left_to_the_training_loop(capsys):
     base._mujoco_warning("Nan, Inf or huge value in QACC at DOF 0. The simulation is unstable. Time = 0.0400.")
     assert capsys.readouterr().err == ""
+
+
+def test_dynalabs_handler_stays_whatever_imports_dm_control_later():
+    # dm_control replaces MuJoCo's warning handler when first imported. The registry imports it for
+    # every task (Gym ones too), and a user's task module may import it at any time: dynalab's
+    # handler must still be the one installed afterwards.
+    code = ("import mujoco\n"
+            "from dynalab.envs import base\n"
+            "from dynalab import config\n"
+            "from dynalab.algos import ALGOS\n"
+            "config.validate(config.TrainConfig(env='gym:Hopper-v5'), list(ALGOS))\n"
+            "import dm_control.suite, dm_control.mujoco\n"
+            "print(mujoco.get_mju_user_warning() is base._mujoco_warning)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"

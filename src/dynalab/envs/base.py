@@ -201,12 +201,13 @@ def _mujoco_warning(message: str) -> None:
 def own_mujoco_warnings() -> None:
     """Route MuJoCo's warnings to dynalab's handler: bad-state warnings are left to the training
     loop, dm_control's asset deprecations are silenced, every other message is shown once per
-    process with what to do.
-
-    Importing dm_control installs its own handler (every warning as an absl log line), so the
-    dm_control adapter calls this again after importing it.
-    """
+    process with what to do."""
     mujoco.set_mju_user_warning(_mujoco_warning)
 
+
+# dm_control installs its own handler (every warning as an absl log line) when its wrapper module is
+# first imported, which the registry does for every task, Gym ones included, and a user's task module
+# may do at any time. Importing it here first, once, makes dynalab's handler the one that stays.
+import dm_control.mujoco.wrapper.core  # noqa: E402, F401
 
 own_mujoco_warnings()

@@ -19,12 +19,9 @@ from dynalab.envs.base import (
     check_snapshot_id,
     check_state,
     clear_warnings,
-    own_mujoco_warnings,
 )
 from dynalab.envs.model_entries import ModelEntries, changed_entries, numeric_arrays
 from dynalab.types import EnvSpec
-
-own_mujoco_warnings()  # importing dm_control (above) replaced the handler with its own
 
 # Fixed, so every instance of a task gets the same state layout whatever its seed;
 # two loads catch load-time randomisation (lqr), several resets per-episode ones.
