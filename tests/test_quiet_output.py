@@ -7,6 +7,13 @@ import sys
 from dynalab.envs import base
 
 
+def run_fresh(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh Python process (dm_control not yet imported); fails the test if it fails."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
 def test_dm_control_asset_deprecations_are_not_printed():
     # A fresh process, so dm_control is imported (and installs its own absl handler) inside it.
     # cheetah, hopper and walker carry `settotalmass` in dm_control's XML: before dynalab owned
@@ -16,8 +23,7 @@ def test_dm_control_asset_deprecations_are_not_printed():
             "for i, task in enumerate(['dmc:cheetah-run', 'dmc:hopper-stand', 'dmc:walker-run']):\n"
             "    env = make_env(task, i); env.reset(); env.step(env.spec.action_dim * [0.0])\n"
             "print('built')\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_fresh(code)
     assert proc.stdout.strip() == "built"
     assert "settotalmass" not in proc.stderr and "absl" not in proc.stderr, proc.stderr
 
@@ -50,6 +56,4 @@ def test_dynalabs_handler_stays_whatever_imports_dm_control_later():
             "config.validate(config.TrainConfig(env='gym:Hopper-v5'), list(ALGOS))\n"
             "import dm_control.suite, dm_control.mujoco\n"
             "print(mujoco.get_mju_user_warning() is base._mujoco_warning)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "True"
+    assert run_fresh(code).stdout.strip() == "True"
