@@ -154,7 +154,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
     }
     swept = [c for c in df.columns if c not in ("step", "seed", "metric", "value")]
     if swept:
-        columns["swept"] = pd.to_numeric(df[swept[0]], errors="coerce")
+        columns["swept"] = _exact_floats(df[swept[0]])
     out = pd.DataFrame(columns).dropna()
     out = out[np.isfinite(out["value"])]
     with path.open("rb") as f:  # a run killed mid-write can leave a torn last line: drop it
