@@ -139,3 +139,16 @@ def test_a_repeated_single_value_flag_still_means_the_last(tmp_path):
     from dynalab.cli import Train, _parse
 
     assert _parse("train", Train, ["--steps", "100", "--steps", "200"], default_config).cfg.steps == 200
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["sweep", "stfl-fig3-gym", "--set", "replay_ratio=1", "--set", "model.refit_steps=200"], "--set"),
+    (["sweep", "stfl-fig3-gym", "--only", "sac__*", "--only", "mbpo__*"], "--only"),
+    (["envs", "--import", "a", "--imports", "b"], "--import"),
+])
+def test_every_command_refuses_a_repeated_multi_value_flag(args, flag, capsys):
+    # `dynalab sweep ... --set a=1 --set b=2` would apply only b=2.
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().startswith(f"dynalab: error: {flag} is given twice")

@@ -322,9 +322,10 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _multi_value_flags(cls: type = TrainConfig, prefix: str = "--") -> dict[str, str]:
-    """Every flag of the run config that takes several values (a tuple field), and its aliases,
-    -> its canonical name: `--sac.hidden`, `--logger`, `--import` (alias `--imports`), ..."""
+def _multi_value_flags(cls: type, prefix: str = "--") -> dict[str, str]:
+    """Every flag of a command (with its run config's flags) that takes several values (a tuple
+    field), and its aliases, -> its canonical name: `--sac.hidden`, `--logger`, `--import` (alias
+    `--imports`), sweep's `--only` and `--set`, ... Positional arguments are not flags."""
     import dataclasses
     import typing
 
@@ -333,8 +334,10 @@ def _multi_value_flags(cls: type = TrainConfig, prefix: str = "--") -> dict[str,
     for f in dataclasses.fields(cls):
         flag = prefix + f.name.replace("_", "-")
         value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(value):
-            out.update(_multi_value_flags(type(value), flag + "."))
+        if "Positional" in repr(getattr(hints[f.name], "__metadata__", ())):
+            continue
+        if dataclasses.is_dataclass(value):  # the run flags (`cfg`, no prefix of its own) or a config group
+            out.update(_multi_value_flags(type(value), prefix if f.name == "cfg" else flag + "."))
         elif isinstance(value, tuple) or any(typing.get_origin(t) is tuple or t is tuple
                                              for t in (hints[f.name], *typing.get_args(hints[f.name]))):
             names = {flag}
@@ -346,9 +349,9 @@ def _multi_value_flags(cls: type = TrainConfig, prefix: str = "--") -> dict[str,
     return out
 
 
-def _refuse_repeated_multi_value_flags(args: list[str]) -> None:
+def _refuse_repeated_multi_value_flags(command: type, args: list[str]) -> None:
     # `--import a --import b` would silently keep only b (the last of a repeated flag wins).
-    multi = _multi_value_flags()
+    multi = _multi_value_flags(command)
     seen: dict[str, str] = {}
     for arg in args:
         flag = multi.get(arg.split("=", 1)[0])
@@ -362,8 +365,7 @@ def _refuse_repeated_multi_value_flags(args: list[str]) -> None:
 
 def _parse(name: str, command: type, args: list[str], default_config):
     """tyro's parse, with its boxed error report condensed into one `dynalab: error:` line."""
-    if name in ("train", "bench"):
-        _refuse_repeated_multi_value_flags(args)
+    _refuse_repeated_multi_value_flags(command, args)
     kwargs = {"args": args, "prog": f"dynalab {name}"}
     if name in ("train", "bench"):
         cfg = default_config(_algo_in(args), **(BENCH_SIZE if name == "bench" else {}))
