@@ -115,7 +115,8 @@ def test_phases_agree_with_the_wall_clock(slow_bench):
     # Everything bench timed happened inside the command, one thing after another.
     hooks = {h.name: h.every for h in trainer.batch.learner.hooks}
     timed = (STEPS * wall + sum(phases[n] * e for n, e in hooks.items()) + record["eval_seconds_per_evaluation"]
-             + 20 * record["learner_only_seconds_per_env_step"] + record["checkpoint"]["write_seconds"])
+             + 20 * record["learner_only_seconds_per_env_step"] + record["checkpoint"]["bench_write_seconds"]
+             + record["checkpoint"]["full_first_write_seconds"] + record["checkpoint"]["interval_write_seconds"])
     assert timed <= elapsed
     # total sums the per-step phases, and per seed-step divides it by the seeds.
     assert set(phases) == {"env", "learner", "eval", "total", *hooks}
@@ -125,20 +126,29 @@ def test_phases_agree_with_the_wall_clock(slow_bench):
     assert within(record["seconds_per_seed_step"] * SEEDS, phases["total"], slack=1e-9)
 
 
-def test_checkpoint_is_measured_and_sized_from_the_replay_buffers(slow_bench):
+def test_checkpoints_are_measured_at_full_buffers_and_cost_one_interval(slow_bench):
     record, _, _ = slow_bench
     ckpt = record["checkpoint"]
     # A real checkpoint of the bench's buffers: each seed's replay rows (warm-up, 2 compile steps
     # and the measured ones) are in it.
-    assert ckpt["buffer_fill"] >= WARMUP + 2 + STEPS
-    assert ckpt["bytes_written"] >= SEEDS * (WARMUP + 2 + STEPS) * TRANSITION_BYTES
-    assert ckpt["write_seconds"] > 0
-    # The full-size one is estimated: every seed's replay buffer at 1e6 rows, at least.
+    assert ckpt["bench_bytes"] >= SEEDS * (WARMUP + 2 + STEPS) * TRANSITION_BYTES
+    assert ckpt["bench_write_seconds"] > 0
+    # Full buffers: every seed's replay buffer at 1e6 rows is written once in full...
     assert ckpt["full_capacity"] == 1_000_000 and ckpt["every"] == 10_000
-    assert ckpt["full_learner_bytes"] >= SEEDS * 1_000_000 * TRANSITION_BYTES
-    assert ckpt["bytes_written"] < ckpt["full_bytes"] and ckpt["full_learner_bytes"] <= ckpt["full_bytes"]
-    assert ckpt["full_write_seconds_estimate"] >= ckpt["write_seconds"]
-    assert "checkpoint" not in record["seconds_per_env_step"]  # an estimate, kept out of the measured total
+    assert ckpt["full_first_bytes"] >= SEEDS * 1_000_000 * TRANSITION_BYTES
+    # ...then one interval: the replay buffer gains one row per env step per seed, and the rollouts
+    # 8 per step (inverted pendulum never terminates early in a rollout of horizon 1).
+    replay_rows, synthetic_rows = ckpt["rows_per_env_step"]
+    assert replay_rows == 1.0 and synthetic_rows == 8.0
+    assert ckpt["interval_rows"] == [10_000, 80_000]
+    # The interval's write holds those rows (the synthetic buffer is smaller than 80,000 rows, so all
+    # of it) but nowhere near the whole replay buffer: at most one extra 4,096-row block either side.
+    synthetic_capacity = record["config"]["synthetic_retain_steps"] * 8
+    low = SEEDS * (10_000 + synthetic_capacity) * TRANSITION_BYTES
+    assert low <= ckpt["interval_bytes"] <= low + SEEDS * 2 * 4096 * TRANSITION_BYTES + 2_000_000
+    assert ckpt["interval_bytes"] < ckpt["full_first_bytes"] / 10
+    assert ckpt["amortised_seconds_per_env_step"] == ckpt["interval_write_seconds"] / 10_000
+    assert "checkpoint" not in record["seconds_per_env_step"]  # kept out of the measured total
 
 
 def test_table_and_record_name_every_phase(slow_bench, capsys):
@@ -146,7 +156,8 @@ def test_table_and_record_name_every_phase(slow_bench, capsys):
     table = bench_module.format_table(record)
     for line in ("env", "learner (act + update)", "of which rollouts", "model_fit (amortised)",
                  "diagnostics (amortised)", "evaluation (amortised)", "total", "learner alone, on device",
-                 "checkpoint, measured", "write time, estimate", "checkpoint (amort., est.)"):
+                 "checkpoint of this bench", "full buffers, first", "full buffers, interval",
+                 "checkpoint (amortised)"):
         assert line in table, line
     for key in ("command", "commit", "date", "device", "jax", "config"):
         assert key in record

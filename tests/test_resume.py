@@ -48,15 +48,17 @@ ENV = {
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
 }
 
-# Runs the CLI, but SIGKILLs itself halfway through writing the learner arrays of the
-# checkpoint at env step `STEP` (argv[1]): a crash in the middle of a checkpoint write.
+# Runs the CLI, but SIGKILLs itself halfway through writing the checkpoint at env step `STEP`
+# (argv[1]): in its learner arrays (argv[2] "learner", after its buffer segment is in place) or in
+# its buffer segment (argv[2] "segment"): a crash in the middle of a checkpoint write.
 KILL_IN_WRITE = """
 import os, signal, sys
 from dynalab import checkpoint
 from dynalab.cli import main
-step, write = int(sys.argv[1]), checkpoint._write_npz
+step, part, write = int(sys.argv[1]), sys.argv[2], checkpoint._write_npz
 def dying_write(path, arrays):
-    if path.name == "learner.npz" and path.parent.name.startswith(f".tmp-{checkpoint.name(step)}"):
+    if (path.name == "learner.npz" and path.parent.name.startswith(f".tmp-{checkpoint.name(step)}")
+            if part == "learner" else path.name.startswith(f".tmp-{checkpoint.name(step)}-")):
         def half():
             for i, item in enumerate(arrays):
                 if i == 3:
@@ -65,7 +67,7 @@ def dying_write(path, arrays):
         return write(path, half())
     return write(path, arrays)
 checkpoint._write_npz = dying_write
-main(sys.argv[2:])
+main(sys.argv[3:])
 """
 
 
@@ -127,10 +129,12 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_rows(cfg, tmp_path
 
     # Resume, and die halfway through writing the next checkpoint.
     next_step = (killed_after // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    proc = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, str(next_step), *cli_args(cfg, out)], env=ENV,
-                          capture_output=True)
+    part = "segment" if cfg.algo == "mbpo" else "learner"
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_WRITE, str(next_step), part, *cli_args(cfg, out)],
+                          env=ENV, capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
-    assert list((out / "checkpoints").glob(f".tmp-{checkpoint.name(next_step)}-*")), "the kill was not mid-write"
+    where = out / "checkpoints" / ("buffers" if part == "segment" else "")
+    assert list(where.glob(f".tmp-{checkpoint.name(next_step)}-*")), "the kill was not mid-write"
     assert checkpoint.read_meta(checkpoint.latest(out / "checkpoints"))["step"] == next_step - cfg.checkpoint_every
 
     # The last resume runs to the end, in process, through `dynalab resume`'s code path.
@@ -139,3 +143,7 @@ def test_sigkill_anywhere_then_resume_gives_the_uninterrupted_rows(cfg, tmp_path
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert [c.name for c in checkpoint.complete(out / "checkpoints")] == [
         checkpoint.name(s) for s in ((cfg.steps - 1) // cfg.checkpoint_every * cfg.checkpoint_every, cfg.steps)]
+    # The checkpoints were incremental: the last one's replay rows come from several checkpoints'
+    # segments, written before and after the kills and across pruning.
+    replay = checkpoint.read_meta(checkpoint.latest(out / "checkpoints"))["buffers"][0]["blocks"]
+    assert len({ref for ref in replay if ref}) >= 3

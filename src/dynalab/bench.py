@@ -60,59 +60,81 @@ def _full_state(trainer: Trainer, capacity: int) -> Any:
     return jax.eval_shape(jax.vmap(learner.init), seed_roots(trainer.seeds))
 
 
-def _stored_learner_bytes(meta: dict) -> int:
-    """Array bytes of `learner.npz` as written: buffer data up to the fill level only."""
-    total = 0
-    for leaf in meta["learner"]:
-        shape = list(leaf["shape"])
-        if leaf["fill"] is not None:
-            shape[1] = min(shape[1], leaf["fill"])
-        total += int(np.prod(shape)) * np.dtype(leaf["dtype"]).itemsize
-    return total
+def _buffer_counts(state: Any) -> list[np.ndarray]:
+    """Each buffer's write count per member (flattening order): (members,) int64 each."""
+    return [np.asarray(b.count).astype(np.int64) for b in jax.tree.leaves(state, is_leaf=checkpoint._is_buffer)
+            if checkpoint._is_buffer(b)]
 
 
-def _checkpoint(trainer: Trainer, cfg: TrainConfig) -> dict:
-    """Write one real checkpoint of the trainer (as the training loop does) and time it.
+def _advance_buffers(state: Any, rows: list[int], full: bool) -> Any:
+    """`state` with every buffer marked as holding `rows[b]` more rows (positions and counts moved
+    on; the rows' contents are whatever the arrays hold). With `full`, each buffer first becomes full
+    with its write position at 0, as after exactly one pass over the ring."""
+    it = iter(rows)
 
-    The measured write holds the buffers as far as they are filled in the bench; the full-size
-    checkpoint (every buffer full, at the capacity of a long run of this config) is not written:
-    its write time is estimated from the measured bytes/second.
+    def move(buf):
+        if not checkpoint._is_buffer(buf):
+            return buf
+        cap = jax.tree.leaves(buf.data)[0].shape[1]
+        if full:
+            buf = buf.replace(position=jax.numpy.zeros_like(buf.position), size=jax.numpy.full_like(buf.size, cap),
+                              count=jax.numpy.full_like(buf.count, cap))
+        k = next(it)
+        return buf.replace(position=(buf.position + k) % cap, size=jax.numpy.minimum(buf.size + k, cap),
+                           count=buf.count + np.uint32(k % 2**32))
+
+    return jax.tree.map(move, state, is_leaf=checkpoint._is_buffer)
+
+
+def _timed_write(trainer: Trainer, folder: Path, metrics: Path, loop: dict) -> tuple[float, int]:
+    jax.block_until_ready(trainer.state)
+    t0 = time.perf_counter()
+    path = trainer.write_checkpoint(folder, metrics, loop)
+    checkpoint.prune(folder, trainer.cfg.keep_checkpoints)  # as the loop does; part of the cost
+    seconds = time.perf_counter() - t0
+    return seconds, checkpoint.written_bytes(path)
+
+
+def _checkpoint(trainer: Trainer, cfg: TrainConfig, rows_per_step: list[float]) -> dict:
+    """Time real checkpoint writes as the training loop makes them (write + prune).
+
+    1. The bench's own state (buffers filled as far as the bench got), written into an empty folder.
+    2. At full buffers: the trainer's state at the replay capacity of a long run of this config
+       (`full_capacity`) with every buffer full is written once (every block: what the first
+       checkpoint after a resume from an old-format checkpoint costs), then moved on by the rows one
+       `checkpoint_every` interval adds (`rows_per_step`, measured in the bench, per buffer) and
+       written again: the steady-state cost the loop pays every interval, amortised per env step.
+       The rows' contents are zeros, which costs as much to write as real rows (nothing is compressed).
     """
     loop = {"episode_returns": np.zeros((0, len(trainer.seeds))), "interval_step": np.asarray(0)}
+    capacity = full_capacity(cfg)
+    every = cfg.checkpoint_every
+    out: dict[str, Any] = {"every": every, "full_capacity": capacity, "rows_per_env_step": rows_per_step,
+                           "folder": tempfile.gettempdir()}
+    bench_state = trainer.state
     with tempfile.TemporaryDirectory(prefix="dynalab-bench-") as tmp:
         metrics = Path(tmp) / "metrics.csv"
         metrics.write_text("step,seed,metric,value\n")
-        jax.block_until_ready(trainer.state)
-        t0 = time.perf_counter()
-        path = trainer.write_checkpoint(Path(tmp) / "checkpoints", metrics, loop)
-        seconds = time.perf_counter() - t0
-        written = sum(f.stat().st_size for f in path.iterdir())
-        saved = checkpoint.read_meta(path)
-    capacity = full_capacity(cfg)
-    fullest = max(saved["learner"], key=lambda leaf: leaf["fill"] or 0, default=None)
-    full_learner = checkpoint.nbytes(_full_state(trainer, capacity))
-    # The full-size checkpoint: this one with every buffer filled (metrics.csv, which grows
-    # by a few hundred kB per seed over a long run, is left at its size here).
-    full = written - _stored_learner_bytes(saved) + full_learner
-    rate = written / seconds
-    full_seconds = full / rate
-    every = cfg.checkpoint_every
-    return {
-        "write_seconds": seconds,
-        "bytes_written": written,
-        # The fullest buffer's rows and its allocated rows (leaves are (members, capacity, ...)).
-        "buffer_fill": fullest["fill"] or 0 if fullest else 0,
-        "bench_capacity": fullest["shape"][1] if fullest else trainer.cfg.capacity,
-        "bench_state_full_bytes": checkpoint.nbytes(trainer.state),
-        "full_capacity": capacity,
-        "full_learner_bytes": full_learner,
-        "full_bytes": full,
-        "write_bytes_per_second": rate,
-        "full_write_seconds_estimate": full_seconds,
-        "every": every,
-        "amortised_seconds_per_env_step_estimate": full_seconds / every if every else None,
-        "folder": tempfile.gettempdir(),
-    }
+        out["bench_write_seconds"], out["bench_bytes"] = _timed_write(trainer, Path(tmp) / "bench", metrics, loop)
+        if every:
+            learner = make_learner(dataclasses.replace(trainer.cfg, buffer_capacity=capacity), trainer.spec)
+            template = jax.vmap(learner.init)(seed_roots(trainer.seeds))
+            # The bench's non-buffer leaves (trained networks) in a state with full-size buffers.
+            full = jax.tree.map(lambda big, small: big if checkpoint._is_buffer(big) else small, template,
+                                bench_state, is_leaf=checkpoint._is_buffer)
+            del template
+            folder = Path(tmp) / "full"
+            trainer.state = _advance_buffers(full, [0] * len(rows_per_step), full=True)
+            out["full_first_write_seconds"], out["full_first_bytes"] = _timed_write(trainer, folder, metrics, loop)
+            rows = [int(np.ceil(r * every)) for r in rows_per_step]
+            trainer.state = _advance_buffers(trainer.state, rows, full=False)
+            seconds, written = _timed_write(trainer, folder, metrics, loop)
+            out.update(interval_rows=rows, interval_write_seconds=seconds, interval_bytes=written,
+                       amortised_seconds_per_env_step=seconds / every)
+            trainer.state = full = None
+    trainer.state = bench_state
+    out["full_learner_bytes"] = checkpoint.nbytes(_full_state(trainer, capacity))
+    return out
 
 
 def _perfect_model_seconds(trainer: Trainer, cfg: TrainConfig, repeats: int = 3) -> float:
@@ -142,9 +164,9 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
 
     Phases are seconds per env step of the whole program (all seeds together): `env` (stepping
     the simulators), `learner` (acting + the jitted update call), each learner hook amortised
-    over its interval, and evaluation amortised over `eval_every`. After the timed steps one
-    real checkpoint is written to a temporary folder and timed (`checkpoint`), and the cost of
-    a full-size checkpoint every `checkpoint_every` steps is estimated from it.
+    over its interval, and evaluation amortised over `eval_every`. After the timed steps real
+    checkpoints are written to a temporary folder and timed (`checkpoint`; see `_checkpoint`),
+    among them the one the loop writes every `checkpoint_every` steps once the buffers are full.
     """
     steps = cfg.steps
     # The trainer itself runs warm-up, two compile steps and the measured steps.
@@ -166,6 +188,7 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         compile_seconds = time.perf_counter() - t0
         trainer.timer.drain()
 
+        counts = _buffer_counts(trainer.state)
         t0 = time.perf_counter()
         for _ in range(steps):
             trainer.step()
@@ -173,7 +196,10 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         wall = time.perf_counter() - t0
         phases = trainer.timer.drain()
         per_step = {k: phases.get(k, 0.0) / steps for k in ("env", "learner")}
-        ckpt = _checkpoint(trainer, cfg)
+        # Rows each buffer gains per env step (the most over members), to size a checkpoint interval.
+        rows_per_step = [float(np.max((after - before) % 2**32)) / steps
+                         for before, after in zip(counts, _buffer_counts(trainer.state))]
+        ckpt = _checkpoint(trainer, cfg, rows_per_step)
 
         for h in hooks:
             t0 = time.perf_counter()
@@ -226,8 +252,8 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         trainer.close()
 
     total = sum(per_step.values())
-    amortised = ckpt["amortised_seconds_per_env_step_estimate"]
-    ckpt["fraction_of_total_estimate"] = amortised / total if amortised is not None else None
+    amortised = ckpt.get("amortised_seconds_per_env_step")
+    ckpt["fraction_of_total"] = amortised / total if amortised is not None else None
     return {
         "command": "dynalab bench",
         "dynalab": __version__,
@@ -302,21 +328,20 @@ def format_table(r: dict) -> str:
 
 def _checkpoint_lines(c: dict, n: int, ms) -> list[str]:
     mb = lambda b: f"{b / 1e6:.1f} MB"  # noqa: E731
-    lines = [
-        "-" * 54,
-        f"{'checkpoint, measured':<28}{mb(c['bytes_written'])} in {c['write_seconds']:.3f} s "
-        f"({c['write_bytes_per_second'] / 1e6:.0f} MB/s; buffers filled to {c['buffer_fill']:,} "
-        f"of {c['bench_capacity']:,})",
-        f"{'checkpoint, full buffers':<28}{c['full_bytes'] / 1e9:.2f} GB at buffer capacity "
-        f"{c['full_capacity']:,} (learner {c['full_learner_bytes'] / 1e9:.2f} GB)",
-        f"{'  write time, estimate':<28}{c['full_write_seconds_estimate']:.2f} s at the measured MB/s",
-    ]
-    amortised = c["amortised_seconds_per_env_step_estimate"]
-    if amortised is None:
+    lines = ["-" * 54,
+             f"{'checkpoint of this bench':<28}{mb(c['bench_bytes'])} in {c['bench_write_seconds']:.3f} s (write + prune)"]
+    if c.get("amortised_seconds_per_env_step") is None:
         lines.append(f"{'checkpoint (amortised)':<28}{'off':>12}{'off':>14}  (--checkpoint-every 0)")
-    else:
-        lines.append(f"{'checkpoint (amort., est.)':<28}{ms(amortised):>12}{ms(amortised / n):>14}"
-                     f"  = {100 * c['fraction_of_total_estimate']:.2f}% of total; every {c['every']:,} steps")
+        return lines
+    lines += [
+        f"{'  full buffers, first':<28}{mb(c['full_first_bytes'])} in {c['full_first_write_seconds']:.2f} s "
+        f"(capacity {c['full_capacity']:,}, every block)",
+        f"{'  full buffers, interval':<28}{mb(c['interval_bytes'])} in {c['interval_write_seconds']:.2f} s "
+        f"(rows of {c['every']:,} env steps: {', '.join(f'{r:,}' for r in c['interval_rows'])})",
+        f"{'checkpoint (amortised)':<28}{ms(c['amortised_seconds_per_env_step']):>12}"
+        f"{ms(c['amortised_seconds_per_env_step'] / n):>14}  = {100 * c['fraction_of_total']:.2f}% of total; "
+        f"every {c['every']:,} steps, full buffers",
+    ]
     return lines
 
 

@@ -18,6 +18,9 @@ class ReplayBuffer(struct.PyTreeNode):
     data: Any  # a Transition (or any pytree), each leaf shaped (capacity, ...)
     position: jax.Array  # int32 scalar, the next index to write
     size: jax.Array  # int32 scalar, number of filled entries (<= capacity)
+    # uint32 scalar: items ever written, modulo 2**32. Learning never reads it; checkpoints use the
+    # difference between two counts to find the rows written in between (checkpoint.py).
+    count: jax.Array
 
 
 def capacity(buf: ReplayBuffer) -> int:
@@ -29,7 +32,7 @@ def init_buffer(capacity: int, example: Any) -> ReplayBuffer:
     data = jax.tree_util.tree_map(
         lambda x: jnp.zeros((capacity, *jnp.shape(x)), jnp.asarray(x).dtype), example
     )
-    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
+    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0), count=jnp.uint32(0))
 
 
 def add(buf: ReplayBuffer, t: Any, where: jax.Array | bool = True) -> ReplayBuffer:
@@ -50,6 +53,7 @@ def add(buf: ReplayBuffer, t: Any, where: jax.Array | bool = True) -> ReplayBuff
         data=data,
         position=(buf.position + n) % cap,
         size=jnp.minimum(buf.size + n, cap),
+        count=buf.count + jnp.asarray(n).astype(jnp.uint32),
     )
 
 
@@ -68,6 +72,7 @@ def add_batch(buf: ReplayBuffer, t: Any) -> ReplayBuffer:
         data=data,
         position=(buf.position + k) % cap,
         size=jnp.minimum(buf.size + k, cap),
+        count=buf.count + jnp.uint32(k),
     )
 
 
@@ -87,6 +92,7 @@ def add_masked(buf: ReplayBuffer, t: Any, mask: jax.Array) -> ReplayBuffer:
         data=data,
         position=(buf.position + n) % cap,
         size=jnp.minimum(buf.size + n, cap),
+        count=buf.count + jnp.asarray(n).astype(jnp.uint32),
     )
 
 

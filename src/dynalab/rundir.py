@@ -86,7 +86,7 @@ def check_disk(out: Path, cfg: TrainConfig, full_bytes: int) -> None:
         return
     probe = out if out.exists() else next(p for p in out.parents if p.exists())
     free = shutil.disk_usage(probe).free
-    have = sum(f.stat().st_size for c in checkpoint.complete(out / "checkpoints") for f in c.iterdir())
+    have = checkpoint.disk_bytes(out / "checkpoints")
     need = max(full_bytes, (cfg.keep_checkpoints + 1) * full_bytes - have)
     if free < need:
         raise ConfigError(

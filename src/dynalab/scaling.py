@@ -24,10 +24,10 @@ GROUPS = ("env", "learner", "hooks", "eval", "checkpoint")
 
 def grouped_phases(record: dict) -> dict[str, float]:
     """One bench record's seconds per env step (all seeds) by GROUPS; hooks summed, checkpoint the
-    amortised full-buffer estimate (0 when checkpointing is off)."""
+    amortised cost of one interval's checkpoint at full buffers (0 when checkpointing is off)."""
     per_step = record["seconds_per_env_step"]
     fixed = {"env", "learner", "eval", "total"}
-    ckpt = record["checkpoint"]["amortised_seconds_per_env_step_estimate"] or 0.0
+    ckpt = record["checkpoint"].get("amortised_seconds_per_env_step") or 0.0
     return {"env": per_step["env"], "learner": per_step["learner"],
             "hooks": sum(v for k, v in per_step.items() if k not in fixed),
             "eval": per_step["eval"], "checkpoint": ckpt}
