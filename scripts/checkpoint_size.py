@@ -1,10 +1,10 @@
 """Checkpoint sizes with full buffers: the size a run's checkpoints reach once its buffers are full.
 
 The learner state is never built: `jax.eval_shape` of the seed-batched init gives the shape and
-dtype of every leaf, so nothing is compiled or allocated. Sizes are array bytes of `learner.npz`
-(the checkpoint's bulk; `host.npz`, `meta.json` and the `metrics.csv` copy add well under 1 MB
-per seed), split into the real replay buffer, MBPO's synthetic buffer and everything else
-(networks, optimiser states, temperature, model ensemble, normalisers).
+dtype of every leaf, so nothing is compiled or allocated. Sizes are array bytes of a checkpoint
+with every buffer block written (`learner.npz` plus its buffer segment, the checkpoint's bulk;
+`host.npz`, `meta.json` and the `metrics.csv` copy add well under 1 MB per seed), split into
+the real replay buffer, MBPO's synthetic buffer and everything else (networks, optimiser states, temperature, model ensemble, normalisers).
 
     python scripts/checkpoint_size.py [--env dmc:humanoid-stand] [--steps 500000]
 """

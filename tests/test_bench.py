@@ -161,3 +161,4 @@ def test_table_and_record_name_every_phase(slow_bench, capsys):
         assert line in table, line
     for key in ("command", "commit", "date", "device", "jax", "config"):
         assert key in record
+    assert record["command"].startswith("dynalab bench --algo mbpo --env gym:InvertedPendulum-v5 --seeds 2 ")

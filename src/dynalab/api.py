@@ -159,3 +159,27 @@ def run_experiment(exp: Experiment, out: str | Path, ray_address: str | None = N
     from dynalab.sweep import run_sweep
 
     return run_sweep(list(exp.trials), Path(out), ray_address=ray_address, retries=retries, progress=progress)
+
+
+def run_model_study(out: str | Path = "studies/model", runs: Iterable[str | Path] = (), envs: Iterable[str] = (),
+                policy: str | Path | None = None, variants: Iterable[str] = ("mbpo", "target-norm", "direct", "ftfl"),
+                overrides: Iterable[str] = (), refit_steps: int | None = None, early_stopping: bool = False,
+                model_seeds: int = 3, **options: Any) -> list[Path]:
+    """`dynalab model-study`: fit model variants offline on fixed data and write the study's report into `out`.
+
+    (`from dynalab.api import run_model_study`; the name differs from the module `dynalab.model_study`, which
+    holds the pieces: datasets, variants, `run_study` returning the fitted models and every number.)
+
+    Data: exactly one of `runs` (run folders, checkpoint folders or sweep folders: each run's replay buffer),
+    `envs` (tasks, uniform-random actions) or `policy` (a run or checkpoint whose policy collects). `variants`
+    are specs such as "mbpo", "ftfl", "target-norm", "direct", "ftfl-tuned", "run", "mbpo+width=400";
+    `overrides` change every variant ("model.width=400"). `options`: transitions, heldout_transitions,
+    heldout_fraction, policy_mode, checkpoint, run_seed, eval_transitions, seed, reps (as the command's flags).
+    Returns the files written (figures, study.json, summary.md, index.html). Raises ConfigError.
+    """
+    from dynalab.model_study import Budget
+    from dynalab.model_study import model_study as _study
+
+    return _study(Path(out), runs=[Path(r) for r in runs], envs=list(envs), policy=Path(policy) if policy else None,
+                  variants=list(variants), overrides=list(overrides),
+                  budget=Budget(refit_steps, True if early_stopping else None, model_seeds), **options)

@@ -75,6 +75,25 @@ def latest(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def pick(run_dir: Path, step: int | None, purpose: str) -> Path:
+    """The checkpoint of a run folder at env step `step` (None: the newest).
+
+    Raises CheckpointError (one sentence) when the run keeps none, saying what is then missing
+    (`purpose`, e.g. "a trained policy to render"), or when none is at `step`, listing those kept.
+    """
+    found = complete(run_dir / "checkpoints")
+    if not found:
+        raise CheckpointError(f"{run_dir} holds no checkpoint, so there is no {purpose}; runs keep checkpoints "
+                              "only with --checkpoint-every above 0.")
+    if step is None:
+        return found[-1]
+    steps = [int(read_meta(p)["step"]) for p in found]
+    if step not in steps:
+        raise CheckpointError(f"{run_dir} has no checkpoint at env step {step}; choose --checkpoint from "
+                              f"{', '.join(map(str, steps))} (older ones were pruned by --keep-checkpoints).")
+    return found[steps.index(step)]
+
+
 def remove_partial(folder: Path) -> None:
     """Delete leftovers of writes that were interrupted (hidden `.tmp-*` folders and segments) and
     segments that no complete checkpoint names (written just before a crash)."""

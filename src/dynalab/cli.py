@@ -1,14 +1,15 @@
-"""Command line: `dynalab train|resume|sweep|experiments|report|video|bench|envs`."""
+"""Command line: `dynalab train|resume|sweep|experiments|report|video|model-study|bench|envs`."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -110,6 +111,7 @@ class Bench:
             result = bench(self.cfg)
             print(format_table(result))
         if self.json is not None:
+            result["command"] = shlex.join(["dynalab", *_INVOCATION])  # as typed, so it can be rerun
             write_json(result, self.json)
             print(f"wrote {self.json}")
 
@@ -292,8 +294,83 @@ class Video:
                 print(f"  wrote {f}")
 
 
+@dataclass
+class ModelStudy:
+    """Fit model variants offline on fixed data and report how each predicts (STFL Figs 6-7, FTFL Figs 2a, 3).
+
+    Data: the replay buffer of a run's checkpoint (--from RUN, a checkpoint folder, or a sweep folder: one
+    study per run), transitions collected on tasks with random actions (--env TASK ...), or with the policy of
+    a checkpoint (--policy RUN); held out: other episodes. Variants: mbpo, ftfl, target-norm, direct (each FTFL
+    switch alone), ftfl-tuned, run (the run's own model), each with +FIELD=VALUE changes (mbpo+width=400).
+    --experiment first runs a preset's short runs, then studies each. All variants x model seeds are one
+    vmapped program. Writes OUT/index.html, summary.md, study.json and figures/ (STFL Figs 6-7 per task with
+    several datasets; FTFL Figs 2a and 3 per task).
+    """
+
+    from_: Annotated[tuple[Path, ...], tyro.conf.arg(name="from", metavar="PATH")] = ()
+    """Run folders, checkpoint folders (checkpoints/step_*) or folders holding runs: study each run's replay buffer."""
+    env: tuple[str, ...] = ()
+    """Tasks to collect data on with uniform-random actions (one study per task)."""
+    policy: Path | None = None
+    """A run or checkpoint folder whose policy collects the data on its task."""
+    experiment: str | None = None
+    """Run this preset's trials into OUT/runs (skipping finished ones), then study each run's buffer."""
+    scale: float = 1.0
+    """With --experiment: multiply every env-step count by this, for a smoke run."""
+    variants: tuple[str, ...] = ("mbpo", "target-norm", "direct", "ftfl")
+    """Model variants: mbpo, ftfl, target-norm, direct, ftfl-tuned, run; each optionally +FIELD=VALUE (mbpo+lr=1e-3)."""
+    override: Annotated[tuple[str, ...], tyro.conf.arg(name="set")] = ()
+    """Model overrides for every variant, FIELD=VALUE in TOML syntax, e.g. --set model.width=400 model.depth=3."""
+    refit_steps: int | None = None
+    """Gradient steps per fit, the cap with --early-stopping (default: each variant's, 5,000 for MBPO's model)."""
+    early_stopping: bool = False
+    """Fit with MBPO's early stopping (holdout checked every model.early_stopping_eval_every steps)."""
+    model_seeds: int = 3
+    """Model seeds per variant (0, 1, ...): initial weights, holdout split and minibatches."""
+    transitions: int = 20_000
+    """--env / --policy: training transitions to collect."""
+    heldout_transitions: int = 5_000
+    """--env / --policy: held-out transitions to collect (other episodes)."""
+    heldout_fraction: float = 0.1
+    """--from: fraction of the buffer's transitions held out, as whole episodes drawn at random."""
+    policy_mode: Literal["explore", "exploit"] = "explore"
+    """--policy: explore (the stochastic action training takes) or exploit (evaluation's deterministic action)."""
+    checkpoint: int | None = None
+    """Env step of the checkpoint to use (default: the newest)."""
+    run_seed: int | None = None
+    """Which seed of the run gives the buffer or policy (default: its first)."""
+    eval_transitions: int = 10_000
+    """Score on at most this many held-out transitions (a random subset), and as many training ones."""
+    seed: int = 0
+    """Seed of the data collection, the held-out episodes and the scored subsets."""
+    reps: int = 2000
+    """Bootstrap resamples for the 95% CIs over model seeds."""
+    out: Path = Path("studies/model")
+    """Report folder."""
+    progress: bool = True
+    """Show progress (with --experiment: the runs' progress bars)."""
+
+    def run(self) -> None:
+        from dynalab.model_study import Budget, model_study, run_experiment
+
+        runs = list(self.from_)
+        if self.experiment is not None:
+            if runs or self.env or self.policy is not None:
+                raise ConfigError("--experiment makes its own data; leave out --from, --env and --policy.")
+            runs = [run_experiment(self.experiment, self.out / "runs", scale=self.scale, progress=self.progress)]
+        files = model_study(self.out, runs=runs, envs=self.env, policy=self.policy, variants=self.variants,
+                            overrides=self.override,
+                            budget=Budget(self.refit_steps, True if self.early_stopping else None, self.model_seeds),
+                            transitions=self.transitions, heldout_transitions=self.heldout_transitions,
+                            heldout_fraction=self.heldout_fraction, policy_mode=self.policy_mode,
+                            checkpoint=self.checkpoint, run_seed=self.run_seed, eval_transitions=self.eval_transitions,
+                            seed=self.seed, reps=self.reps)
+        print(f"wrote {len(files)} files to {self.out}; open {self.out / 'index.html'}")
+
+
 COMMANDS: dict[str, type] = {"train": Train, "resume": Resume, "sweep": Sweep, "experiments": Experiments,
-                             "report": Report, "video": Video, "bench": Bench, "envs": Envs}
+                             "report": Report, "video": Video, "model-study": ModelStudy,
+                             "bench": Bench, "envs": Envs}
 
 
 def _algo_in(args: list[str]) -> str:
@@ -312,7 +389,7 @@ def _algo_in(args: list[str]) -> str:
 def _usage() -> str:
     from dynalab.algos import ALGOS
 
-    lines = ["usage: dynalab {train,resume,sweep,experiments,report,video,bench,envs} [--help] ...", "",
+    lines = ["usage: dynalab {train,resume,sweep,experiments,report,video,model-study,bench,envs} [--help] ...", "",
              "dynalab: a fast, trustworthy JAX lab for Dyna-style model-based RL.", "", "commands:"]
     lines += [f"  {name:<12} {cmd.__doc__.splitlines()[0]}" for name, cmd in COMMANDS.items()]
     lines += ["", "algorithms (--algo):"] + [f"  {name:<11} {a.summary}" for name, a in ALGOS.items()]
@@ -402,6 +479,9 @@ def _condense(report: str) -> str:
     return " ".join(message.split())
 
 
+_INVOCATION: list[str] = []  # this process's command line after `dynalab`, for records that name it
+
+
 def main(argv: list[str] | None = None) -> None:
     from dynalab.algos import default_config
     from dynalab.checkpoint import CheckpointError
@@ -409,6 +489,7 @@ def main(argv: list[str] | None = None) -> None:
     from dynalab.train import CheckpointWriteError, NonFiniteError, Preempted
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    _INVOCATION[:] = argv
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return

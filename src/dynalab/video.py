@@ -86,22 +86,6 @@ def _rendering_problem() -> str | None:
             "MUJOCO_GL=osmesa, or use MUJOCO_GL=glfw with a display.")
 
 
-def _pick_checkpoint(run_dir: Path, step: int | None) -> Path:
-    from dynalab import checkpoint
-
-    found = checkpoint.complete(run_dir / "checkpoints")
-    if not found:
-        raise ConfigError(f"{run_dir} holds no checkpoint, so there is no trained policy to render; runs keep "
-                          "checkpoints only with --checkpoint-every above 0.")
-    if step is None:
-        return found[-1]
-    steps = [int(checkpoint.read_meta(p)["step"]) for p in found]
-    if step not in steps:
-        raise ConfigError(f"{run_dir} has no checkpoint at env step {step}; choose --checkpoint from "
-                          f"{', '.join(map(str, steps))} (older ones were pruned by --keep-checkpoints).")
-    return found[steps.index(step)]
-
-
 def _check_size(name: str, value: int) -> None:
     # H.264 in yuv420p (what every player reads) needs even sizes; imageio-ffmpeg would rescale odd ones.
     if not (MIN_SIZE <= value <= MAX_SIZE and value % 2 == 0):
@@ -217,9 +201,9 @@ def render_videos(
 
     Returns one EpisodeVideo per (seed, episode), in seed then episode order; its files are
     written (each atomically) as `step<step:07d>_seed<seed>_ep<e>.{mp4,gif,json}`.
-    Raises ConfigError (one sentence) for a folder that is no run or has no checkpoint, a seed,
-    step, episode count, size or format the run or the codec cannot give, and when no OpenGL
-    backend works (naming MUJOCO_GL and its valid values); CheckpointError for a checkpoint that
+    Raises ConfigError (one sentence) for a seed, episode count, size or format the run or the
+    codec cannot give, and when no OpenGL backend works (naming MUJOCO_GL and its valid values);
+    CheckpointError for a folder without checkpoints, no checkpoint at `checkpoint`, or one that
     does not fit the run's learner; UnknownEnvError for a task this process cannot build.
     """
     from dynalab import checkpoint as ckpt_lib
@@ -239,7 +223,7 @@ def render_videos(
     _check_size("height", height)
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"--max-steps must be a positive number of env steps, got {max_steps}.")
-    path = _pick_checkpoint(run_dir, checkpoint)
+    path = ckpt_lib.pick(run_dir, checkpoint, "trained policy to render")
     meta = ckpt_lib.read_meta(path)
     # The config that made this checkpoint's learner (config.json may have been extended since).
     cfg = config_lib.from_dict(meta["config"]) if "config" in meta else config_lib.load(run_dir / "config.json")

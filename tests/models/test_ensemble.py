@@ -81,7 +81,8 @@ def buffer_of(t: Transition, capacity: int, size: int) -> replay.ReplayBuffer:
     """`size` of the items in a buffer of `capacity`; the rest of the slots hold garbage."""
     junk = jax.tree_util.tree_map(lambda x: jnp.full((capacity - size, *x.shape[1:]), 1e4, x.dtype), t)
     data = jax.tree_util.tree_map(lambda x, j: jnp.concatenate([x[:size], j]), t, junk)
-    return replay.ReplayBuffer(data=data, position=jnp.int32(size % capacity), size=jnp.int32(size))
+    return replay.ReplayBuffer(data=data, position=jnp.int32(size % capacity), size=jnp.int32(size),
+                               count=jnp.uint32(size))
 
 
 def planted(cfg, means, raw_logvar, min_logvar=-10.0, max_logvar=0.5):
@@ -339,6 +340,44 @@ def test_early_stopping_with_frozen_params_stops_after_patience_plus_one_evaluat
     assert int(metrics["model/fit_steps"]) == (1 + 2 + 1) * 5
     for a, b in zip(leaves(new.params), leaves(state.params)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("early_stopping", [False, True])
+def test_a_recorded_fit_is_the_fit_bit_for_bit_and_its_curve_ends_at_the_fits_holdout_loss(early_stopping):
+    # Without early stopping: 23 steps in chunks of 5, points at 0, 5, 10, 15, 20, 23. With it: lr 0 and
+    # patience 0, so only the first evaluation improves (from 1e10) and the fit ends after the second, at
+    # step 10 of 25: the points past 10 are NaN.
+    steps = 25 if early_stopping else 23
+    cfg = ens.ModelConfig(ensemble_size=3, num_elites=2, width=8, depth=2, batch_size=16,
+                          lr=0.0 if early_stopping else 3e-3, refit_steps=steps, max_holdout=64,
+                          early_stopping=early_stopping, early_stopping_eval_every=5,
+                          early_stopping_patience=0)  # fmt: skip
+    state = INIT(jax.random.key(0), OBS_DIM, ACTION_DIM, cfg)
+    buf = buffer_of(linear_data(120), 128, 120)
+    plain, pm = FIT(cfg, state, buf, jax.random.key(3))
+    recorded, rm, curve = jax.jit(ens.fit_recorded, static_argnums=0)(cfg, state, buf, jax.random.key(3))
+    for a, b in zip(leaves(plain), leaves(recorded)):
+        np.testing.assert_array_equal(a, b)
+    for k in pm:
+        np.testing.assert_array_equal(pm[k], rm[k])
+    points = [0, 5, 10, 15, 20, 25] if early_stopping else [0, 5, 10, 15, 20, 23]
+    np.testing.assert_array_equal(ens.curve_steps(cfg), points)
+    assert set(curve) == set(ens.CURVE) and all(v.shape == (6,) for v in curve.values())
+    assert np.isnan(curve["train_loss"][0]) and np.isnan(curve["train_mse"][0])
+    if early_stopping:
+        assert int(rm["model/fit_steps"]) == 10
+        assert np.isfinite(curve["holdout_mse"][:3]).all() and np.isnan(curve["holdout_mse"][3:]).all()
+        # lr 0: nothing moves, so every recorded point is the initial weights' holdout loss.
+        np.testing.assert_allclose(curve["holdout_mse"][:3], np.mean(recorded.holdout_mse), rtol=1e-6)
+    else:
+        # The last point is the trained weights' holdout MSE, which the fit also keeps per member,
+        # and the fit learns: the holdout loss falls.
+        np.testing.assert_allclose(curve["holdout_mse"][-1], np.mean(recorded.holdout_mse), rtol=1e-6)
+        assert curve["holdout_mse"][-1] < curve["holdout_mse"][0]
+    # The variance loss is the mean predicted log-variance: within the model's soft bounds.
+    lo, hi = float(np.min(state.params["min_logvar"])), float(np.max(state.params["max_logvar"]))
+    var = curve["var_loss"][np.isfinite(curve["var_loss"])]
+    assert len(var) and np.all((var >= lo - 1e-3) & (var <= hi + 1e-3))
 
 
 def test_fit_jits_and_vmaps_over_seeds():

@@ -41,6 +41,7 @@ from functools import partial
 from typing import Any
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 from flax import struct
@@ -345,6 +346,39 @@ def fit(
     'model/fit_steps' (gradient steps taken).
     `refit_steps=0` only refreshes normalisers, holdout MSEs and elites.
     """
+    new_state, metrics, _ = _fit(cfg, state, buffer, key, record=False)
+    return new_state, metrics
+
+
+CURVE = ("train_loss", "train_mse", "holdout_mse", "var_loss", "var_loss_state", "var_loss_reward")
+
+
+def curve_steps(cfg: ModelConfig) -> np.ndarray:
+    """Gradient steps at which `fit_recorded` records its curve: 0 (the initial weights), the end of
+    every chunk of `early_stopping_eval_every` steps (MBPO's epochs) and the budget's end. (points,) int64."""
+    every = cfg.early_stopping_eval_every
+    return np.array(sorted({0, *range(every, cfg.refit_steps + 1, every), cfg.refit_steps}), np.int64)
+
+
+def fit_recorded(
+    cfg: ModelConfig, state: EnsembleState, buffer: ReplayBuffer, key: jax.Array
+) -> tuple[EnsembleState, dict[str, jax.Array], dict[str, jax.Array]]:
+    """`fit`, with the same result bit for bit, plus the curve of the fit at `curve_steps(cfg)`:
+    each of CURVE a (points,) float32 array (NaN where early stopping ended the fit first, and for the
+    training losses of the initial point):
+      'train_loss', 'train_mse': `nll_loss`'s objective and the minibatch MSE, averaged over the steps
+        since the previous point;
+      'holdout_mse': member-mean MSE on the fit's holdout transitions;
+      'var_loss', 'var_loss_state', 'var_loss_reward': MBPO's variance loss, the mean predicted
+        log-variance over members and holdout transitions, of all / the state / the reward target
+        dimensions (FTFL Fig 3a).
+    All in training space (standardised targets with target_norm, original units without).
+    """
+    return _fit(cfg, state, buffer, key, record=True)
+
+
+def _fit(cfg: ModelConfig, state: EnsembleState, buffer: ReplayBuffer, key: jax.Array, record: bool
+         ) -> tuple[EnsembleState, dict[str, jax.Array], dict[str, jax.Array] | None]:
     _check(cfg)
     data: Transition = buffer.data
     split_key, train_key = jax.random.split(key)
@@ -368,6 +402,13 @@ def fit(
         mean, _ = forward(params, hold_x)
         return jnp.square(mean - hold_y).mean(-1) @ hold_w
 
+    def holdout_row(params: Params, losses: jax.Array, mses: jax.Array) -> jax.Array:
+        """One point of the curve, in the order of CURVE."""
+        mean, logvar = forward(params, hold_x)
+        lv = jnp.einsum("end,n->ed", logvar, hold_w)  # (E, D): holdout mean per member and dimension
+        mse = jnp.square(mean - hold_y).mean(-1) @ hold_w
+        return jnp.stack([losses.mean(), mses.mean(), mse.mean(), lv.mean(), lv[:, :-1].mean(), lv[:, -1].mean()])
+
     optimizer = make_optimizer(cfg)
     loss_fn = jax.value_and_grad(partial(nll_loss, cfg), has_aux=True)
 
@@ -379,17 +420,38 @@ def fit(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, aux["mse"].mean())
 
+    def chunk(params, opt_state, start, length):
+        return jax.lax.scan(train_step, (params, opt_state), start + jnp.arange(length))
+
     nan = jnp.float32(jnp.nan)
-    tail = min(cfg.early_stopping_eval_every, cfg.refit_steps)
+    every = cfg.early_stopping_eval_every
+    tail = min(every, cfg.refit_steps)
+    rows = None
+    if record:
+        rows = jnp.full((len(curve_steps(cfg)), len(CURVE)), nan)
+        rows = rows.at[0].set(holdout_row(state.params, nan, nan))
     if not cfg.early_stopping:
-        (params, opt_state), (losses, mses) = jax.lax.scan(
-            train_step, (state.params, state.opt_state), jnp.arange(cfg.refit_steps)
-        )
+        if not record:
+            (params, opt_state), (losses, mses) = chunk(state.params, state.opt_state, 0, cfg.refit_steps)
+        else:  # the same steps, in chunks that end at the curve's points
+            full, rest = divmod(cfg.refit_steps, every)
+
+            def epoch(carry, e):
+                (params, opt_state), (losses, mses) = chunk(*carry, e * every, every)
+                return (params, opt_state), (losses, mses, holdout_row(params, losses, mses))
+
+            (params, opt_state), (losses, mses, points) = jax.lax.scan(
+                epoch, (state.params, state.opt_state), jnp.arange(full))
+            losses, mses = losses.reshape(-1), mses.reshape(-1)
+            if rest:
+                (params, opt_state), (l2, m2) = chunk(params, opt_state, full * every, rest)
+                losses, mses = jnp.concatenate([losses, l2]), jnp.concatenate([mses, m2])
+                points = jnp.concatenate([points, holdout_row(params, l2, m2)[None]])
+            rows = rows.at[1:].set(points)
         train_loss = losses[-tail:].mean() if tail else nan
         train_mse = mses[-tail:].mean() if tail else nan
         steps = jnp.int32(cfg.refit_steps)
     else:
-        every = cfg.early_stopping_eval_every
         max_epochs = cfg.refit_steps // every
 
         def cond(c):
@@ -397,20 +459,21 @@ def fit(
             return (epoch < max_epochs) & (since <= cfg.early_stopping_patience)
 
         def body(c):
-            epoch, params, opt_state, best_layers, since, best_loss, _, _ = c
-            (params, opt_state), (losses, mses) = jax.lax.scan(
-                train_step, (params, opt_state), epoch * every + jnp.arange(every)
-            )
+            epoch, params, opt_state, best_layers, since, best_loss, _, _, rows = c
+            (params, opt_state), (losses, mses) = chunk(params, opt_state, epoch * every, every)
             best_loss, best_layers, since = track_best(
                 best_loss, best_layers, since, holdout_mse(params), params["layers"]
             )
-            return epoch + 1, params, opt_state, best_layers, since, best_loss, losses.mean(), mses.mean()
+            if rows is not None:
+                rows = rows.at[epoch + 1].set(holdout_row(params, losses, mses))
+            return epoch + 1, params, opt_state, best_layers, since, best_loss, losses.mean(), mses.mean(), rows
 
         carry = (
             jnp.int32(0), state.params, state.opt_state, state.params["layers"], jnp.int32(0),
-            jnp.full((cfg.ensemble_size,), INITIAL_BEST, jnp.float32), nan, nan,
+            jnp.full((cfg.ensemble_size,), INITIAL_BEST, jnp.float32), nan, nan, rows,
         )  # fmt: skip
-        epochs, params, opt_state, best_layers, _, _, train_loss, train_mse = jax.lax.while_loop(cond, body, carry)
+        epochs, params, opt_state, best_layers, _, _, train_loss, train_mse, rows = jax.lax.while_loop(
+            cond, body, carry)
         # With zero epochs best_layers is the initial params, so this is a no-op then.
         params = {**params, "layers": best_layers}
         steps = epochs * every
@@ -427,7 +490,8 @@ def fit(
         "model/train_mse": train_mse,
         "model/fit_steps": steps,
     }
-    return new_state, metrics
+    curve = None if rows is None else {name: rows[:, i] for i, name in enumerate(CURVE)}
+    return new_state, metrics, curve
 
 
 # --- prediction ---------------------------------------------------------------------
