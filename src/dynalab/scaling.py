@@ -2,8 +2,8 @@
 
 One `bench` per seed count, in one process, on the same config otherwise: seconds per env step
 (all seeds together) and per seed-step, split into env, learner (act + update), hooks such as
-model refits (amortised), evaluation (amortised) and checkpoints (amortised estimate at full
-buffers), plus compile time and peak device memory. Written as one JSON and a PNG of the curve.
+model refits (amortised), evaluation (amortised) and checkpoints (one interval's write at full
+buffers, amortised), plus compile time and peak device memory. Written as one JSON and a PNG of the curve.
 
 On a CPU the learner is compute-bound, so its time per env step grows about linearly with seeds
 and the cost per seed-step stays flat; on a GPU one learner call for many seeds costs little more
