@@ -9,6 +9,7 @@ import pytest
 
 from dynalab.agents.sac import SACConfig
 from dynalab.algos import default_config
+from dynalab.envs import make_env
 from dynalab.metrics import read
 from dynalab.train import Trainer, train
 
@@ -21,8 +22,13 @@ def cfg_for(env_id):
 
 def blow_up(trainer, member):
     """Give one member's simulator a huge velocity: its next step diverges."""
-    env = trainer.envs._envs[member]
-    env.data.qvel[:] = 1e12
+    # Through a snapshot, so that it reaches the env wherever it lives (this or a worker process).
+    model = make_env(trainer.cfg.env, 0).model
+    snap = trainer.envs.snapshot()
+    state = snap[f"env{member}/state"].copy()
+    state[1 + model.nq: 1 + model.nq + model.nv] = 1e12  # [time, qpos, qvel, ...]
+    snap[f"env{member}/state"] = state
+    trainer.envs.restore(snap)
 
 
 @pytest.mark.parametrize("env_id", ["gym:Hopper-v5", "dmc:hopper-stand"])

@@ -141,10 +141,10 @@ def _perfect_model_seconds(trainer: Trainer, cfg: TrainConfig, repeats: int = 3)
     """Seconds of the perfect model's host callback alone for one env step of every member: one
     `rollouts_per_step` x members batch of restored states (the members' current real states,
     repeated) stepped once per rollout step (at the longest horizon, `cfg.max_horizon`), on
-    `cfg.env_workers` threads. Part of `learner` above, not added to the total."""
+    `cfg.env_workers` workers of kind `cfg.env_parallel`. Part of `learner` above, not added to the total."""
     from dynalab.models.perfect import Simulator  # only --perfect-model runs build simulators here
 
-    sim = Simulator(trainer.spec, cfg.env_workers)
+    sim = Simulator(trainer.spec, cfg.env_workers, cfg.env_parallel, cfg.imports)
     try:
         states = trainer.envs.get_states()
         rows = np.resize(states, (cfg.rollouts_per_step * len(states), states.shape[1]))
@@ -246,8 +246,12 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         jax.block_until_ready((state, a))
         learner_only = (time.perf_counter() - t0) / learner_repeats
         trainer.state = state
-        env_workers = trainer.envs.workers
+        env_workers, env_parallel = trainer.envs.workers, trainer.envs.parallel
         perfect = _perfect_model_seconds(trainer, cfg) if cfg.perfect_model else None
+        # The callback's rows (rollouts x members) are split over this many workers of kind env_parallel.
+        from dynalab.envs.workers import resolve_workers
+
+        perfect_workers = resolve_workers(cfg.env_workers, cfg.rollouts_per_step * len(cfg.members()))
     finally:
         trainer.close()
 
@@ -271,10 +275,12 @@ def bench(cfg: TrainConfig, learner_repeats: int = 20) -> dict:
         "config": dataclasses.asdict(cfg),
         "seconds_per_env_step": {**per_step, "total": total},
         "seconds_per_seed_step": total / len(cfg.members()),
-        "env_workers": env_workers,  # threads stepping the training envs (--env-workers; 0 = all cores)
+        "env_workers": env_workers,  # workers stepping the training envs (--env-workers; 0 = all cores)
+        "env_parallel": env_parallel,  # what they are: processes, threads, or sequential (one worker)
         "env_seconds_per_seed_step": per_step["env"] / len(cfg.members()),
         # The perfect model's host callback alone (part of `learner`), None without --perfect-model.
         "perfect_model_callback_seconds_per_env_step": perfect,
+        "perfect_model_workers": perfect_workers if cfg.perfect_model else None,
         "learner_parts_seconds_per_env_step": parts,
         "learner_only_seconds_per_env_step": learner_only,
         "loop_overhead_seconds_per_env_step": per_step["learner"] - learner_only,
@@ -314,10 +320,11 @@ def format_table(r: dict) -> str:
                 lines.append(f"{'  of which ' + part:<28}{ms(pv):>12}{ms(pv / n):>14}")
     if "env_workers" in r:
         lines.append(f"{'env, per seed-step':<28}{'':>12}{ms(r['env_seconds_per_seed_step']):>14}"
-                     f"  on {r['env_workers']} worker thread(s)")
+                     f"  on {r['env_workers']} worker(s): {r.get('env_parallel', 'threads')}")
     if r.get("perfect_model_callback_seconds_per_env_step") is not None:
         pm = r["perfect_model_callback_seconds_per_env_step"]
-        lines.append(f"{'  perfect model callback':<28}{ms(pm):>12}{ms(pm / n):>14}  (alone; part of learner)")
+        lines.append(f"{'  perfect model callback':<28}{ms(pm):>12}{ms(pm / n):>14}  (alone; part of learner; "
+                     f"{r.get('perfect_model_workers')} worker(s))")
     lines.append(f"{'learner alone, on device':<28}{ms(r['learner_only_seconds_per_env_step']):>12}"
                  f"{ms(r['learner_only_seconds_per_env_step'] / n):>14}")
     lines.append(f"{'loop overhead over it':<28}{ms(r['loop_overhead_seconds_per_env_step']):>12}"

@@ -22,6 +22,7 @@ LOGGERS: tuple[str, ...] = typing.get_args(Logger)
 WandbMode = Literal["offline", "online"]  # checked with every Literal field by _check_types
 # JAX's `jax_default_matmul_precision` for float32 dots and convolutions (see `apply_matmul_precision`).
 MatmulPrecision = Literal["default", "float32", "tensorfloat32", "bfloat16"]
+EnvParallel = Literal["processes", "threads"]  # what --env-workers are (dynalab.envs.workers)
 # The algorithms that roll out a learned model, so need to know when a rollout terminates.
 MODEL_ALGOS = ("mbpo", "ftfl", "ftfl-tuned")
 # Aligned Latent Models with and without its Dyna-style actor loss (STFL section 3.3, Table 3).
@@ -77,8 +78,14 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in the run folder."""
     env_workers: int = 1
-    """Threads that step the simulators (training, evaluation, --perfect-model); 0: one per available CPU core.
-    Default 1: on dm_control most of a step holds the GIL, and 2 threads measured 0.87-1.04x (README)."""
+    """Workers that step the simulators (training envs, evaluation envs, --perfect-model's rollouts); 0: one per
+    available CPU core; 1 (default): one loop in the main process. Results are bit-identical whatever the count.
+    Default 1: on the 2-core reference machine 2 worker processes cut an 8-seed humanoid step by about 1.4-1.5x
+    with the cores nearly free, short of 1.6x, and slowed it (0.8x) when other jobs shared them (README)."""
+    env_parallel: EnvParallel = "processes"
+    """What --env-workers above 1 are: processes (the main process and worker processes, each owning a chunk of
+    the simulators) or threads (of the main process: MuJoCo releases the GIL, but dm_control's per-step Python
+    holds it, so 2 threads measured 0.87-1.05x)."""
     matmul_precision: MatmulPrecision = "default"
     """Float32 matmul precision: default (JAX's: TF32 on NVIDIA GPUs since Ampere, float32 on CPU), float32,
     tensorfloat32 or bfloat16 (README, "Float precision")."""
@@ -427,8 +434,8 @@ def _check_perfect_model(cfg: TrainConfig) -> None:
 
 
 # Fields that change how a run is kept or watched, not what it computes: they may differ on resume.
-RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints", "env_workers", "logger", "wandb_project",
-               "wandb_entity", "wandb_group", "wandb_mode")
+RUN_CONTROL = ("label", "baseline", "checkpoint_every", "keep_checkpoints", "env_workers", "env_parallel", "logger",
+               "wandb_project", "wandb_entity", "wandb_group", "wandb_mode")
 
 
 def differences(saved: TrainConfig, new: TrainConfig) -> list[str]:

@@ -100,9 +100,10 @@ class Trainer:
         self._base = make_learner(cfg, self.spec)
         self.batch = SeedBatch(self._learner_for, self.spec.action_dim,
                                [0.0 if v is None else v for _, v in self.members])
-        self.envs = BatchEnv(cfg.env, [train_env_seed(s) for s in self.seeds], cfg.env_workers)
+        workers = dict(workers=cfg.env_workers, parallel=cfg.env_parallel, imports=cfg.imports)
+        self.envs = BatchEnv(cfg.env, [train_env_seed(s) for s in self.seeds], **workers)
         self.eval_envs = BatchEnv(
-            cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)], cfg.env_workers
+            cfg.env, [eval_env_seed(s, e) for s in self.seeds for e in range(cfg.eval_episodes)], **workers
         )
         self.roots = seed_roots(self.seeds)  # a seed draws the same keys whatever value it runs with
         try:

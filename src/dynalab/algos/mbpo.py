@@ -139,7 +139,7 @@ class PerfectDynamics:
     needs_sim_state = True
 
     def __init__(self, cfg: TrainConfig, spec: EnvSpec):
-        self.simulator = Simulator(spec, workers=cfg.env_workers)
+        self.simulator = Simulator(spec, workers=cfg.env_workers, parallel=cfg.env_parallel, imports=cfg.imports)
 
     def init(self, key):
         return None

@@ -16,7 +16,8 @@ import numpy as np
 
 from dynalab.envs import make_env
 from dynalab.envs.base import MujocoHandles, SimulatorDiverged
-from dynalab.envs.batch import RowPool, resolve_workers
+from dynalab.envs.workers import Parallel, ProcessSimRows, RowPool, check_parallel, resolve_workers, sim_rows
+from dynalab.envs.workers import concat as concat_parts
 from dynalab.types import EnvSpec, bits_state, state_bits
 
 
@@ -25,27 +26,36 @@ class Simulator:
     state, valid); `valid` is False where the simulator diverged: that row is no transition and the
     rollout drops it (its other outputs are set to zeros, terminated, and the state it started from).
 
-    The rows of a call are split into contiguous chunks over `workers` threads (0: every
-    available CPU core), each with its own simulator instance. Every row starts from its own
-    restored state, and `check_task` guarantees that a step depends on that state alone, so the
-    outputs equal those of one instance stepping the rows in order, bit for bit. Raises ValueError
-    (one sentence) for a `workers` that is not an int >= 0.
+    The rows of a call are split into contiguous chunks over `workers` workers (0: every available
+    CPU core), each with its own simulator instance: with `parallel` "processes" (the default) the
+    first chunk runs in this process and the others in worker processes (dynalab.envs.workers),
+    with "threads" on threads of this process. Every row starts from its own restored state, and
+    `check_task` guarantees that a step depends on that state alone, so the outputs equal those of
+    one instance stepping the rows in order, bit for bit. `imports`: as for BatchEnv. Raises
+    ValueError (one sentence) for a `workers` that is not an int >= 0 or an unknown `parallel`.
     """
 
-    def __init__(self, spec: EnvSpec, workers: int = 1):
+    def __init__(self, spec: EnvSpec, workers: int = 1, parallel: Parallel = "processes", imports=()):
         self.spec = spec
         resolve_workers(workers, 1)  # validate now, not inside a callback
+        check_parallel(parallel)
         self._requested = workers
+        self._imports = tuple(imports)
+        self.parallel = "sequential" if self.workers == 1 else parallel  # what steps the rows
         self._envs: list = []  # built lazily: the learner may be traced where it never steps
         self._pool: RowPool | None = None
+        self._procs: ProcessSimRows | None = None
 
     @property
     def workers(self) -> int:
-        """Threads a call with many rows uses: the requested count, or every available core."""
+        """Workers a call with many rows uses: the requested count, or every available core."""
         return resolve_workers(self._requested, 1 << 30)
 
     def _ensure_started(self) -> None:
-        if self._pool is None:
+        if self.parallel == "processes":
+            if self._procs is None:
+                self._procs = ProcessSimRows(self.spec.env_id, self.workers, self._imports)
+        elif self._pool is None:
             self._envs = [make_env(self.spec.env_id, seed=0) for _ in range(self.workers)]
             self._pool = RowPool(self.workers)
 
@@ -57,25 +67,15 @@ class Simulator:
         lead = bits.shape[:-1]
         states = bits_state(bits.reshape(-1, bits.shape[-1]))
         actions = np.asarray(action, np.float64).reshape(-1, self.spec.action_dim)
-        n = len(states)
-        next_obs = np.empty((n, self.spec.obs_dim), np.float32)
-        reward = np.empty(n, np.float32)
-        terminated = np.empty(n, bool)
-        valid = np.ones(n, bool)
-        next_states = np.empty_like(states)
-
-        def step_rows(worker: int, start: int, stop: int) -> None:
-            env = self._envs[worker]  # one simulator per thread; rows never share one at once
-            for i in range(start, stop):
-                env.set_state(states[i])
-                try:
-                    next_obs[i], reward[i], terminated[i], _ = env.step(actions[i])
-                    next_states[i] = env.get_state()
-                except SimulatorDiverged:
-                    next_obs[i], reward[i], terminated[i], valid[i] = 0.0, 0.0, True, False
-                    next_states[i] = states[i]
-
-        self._pool.run(step_rows, n)
+        if len(states) == 0:
+            parts = sim_rows(_NoEnv(self.spec), states, actions)
+        elif self._procs is not None:
+            parts = self._procs.step(states, actions)
+        else:
+            # one simulator per thread; rows never share one at once
+            parts = concat_parts(self._pool.map(
+                lambda worker, a, b: sim_rows(self._envs[worker], states[a:b], actions[a:b]), len(states)))
+        next_obs, reward, terminated, next_states, valid = parts
         return (
             next_obs.reshape(*lead, -1),
             reward.reshape(lead),
@@ -85,7 +85,11 @@ class Simulator:
         )
 
     def close(self) -> None:
-        """Stop the worker threads and release the simulators (a later call starts them again)."""
+        """Stop the worker threads or release the worker processes, and the simulators (a later call
+        starts them again)."""
+        if self._procs is not None:
+            self._procs.close()
+            self._procs = None
         if self._pool is not None:
             self._pool.close()
             self._pool = None
@@ -103,6 +107,13 @@ class Simulator:
             jax.ShapeDtypeStruct(lead, jnp.bool_),
         )
         return jax.pure_callback(self.host_step, shapes, bits, action, vmap_method="broadcast_all")
+
+
+class _NoEnv:
+    """Stands in for a simulator in a call with no rows."""
+
+    def __init__(self, spec: EnvSpec):
+        self.spec = spec
 
 
 class PerfectModelError(ValueError):
