@@ -55,13 +55,16 @@ DEFINITIONS = [
     "**Percent error** (STFL section 4.1, Figs 6-7): the mean over transitions of 100 ||pred - true|| / ||true|| "
     "(||true|| floored at 1e-6). *On own target*: true = s'-s for residual models, s' for direct ones (training's "
     "`model/pct_error`); *on s'-s*: STFL's quantity, for every model (pred s' - s' = pred (s'-s) - (s'-s), so "
-    "comparable across target choices); *on s'*: training's `model/pct_error_next_state`. ||s'|| is usually much "
-    "larger than ||s'-s||, so the error on s' reads smaller for the same prediction.",
+    "comparable across target choices); *on s'*: training's `model/pct_error_next_state`. ||s'|| and ||s'-s|| differ "
+    "in scale (by how much depends on the task), so the same prediction has different errors on the two: compare "
+    "each across variants, not with each other.",
     "**Reward**: MSE and bias = mean(pred r - r) over transitions; a negative bias means the model underestimates "
     "rewards (FTFL Fig 2a).",
     "**Predicted variance** (FTFL Fig 3b): the mean of the elites' predicted (aleatoric) variance over elites, "
     "transitions and the state dimensions (or the reward), original units. For a residual model the variance of "
-    "s'-s given s is that of s', so the numbers compare across targets.",
+    "s'-s given s is that of s', so the numbers compare across targets. Predicted log-variances are soft-bounded "
+    "by the model's learned max/min log-variance (MBPO); where channels sit at the upper bound (e.g. velocities "
+    "with unnormalised targets), the number shows the bound, not the data, and its CI is narrow for that reason.",
     "**Variance loss** (FTFL Fig 3a): MBPO's `var_loss`, the log-variance term of the Gaussian NLL: the mean predicted "
     "log-variance over members, the fit's holdout transitions and the state target dimensions, in training space "
     "(standardised targets with target normalisation, original units without), after each chunk of gradient steps. "
@@ -258,9 +261,12 @@ def fig_reward(out: Path, s: dict, col: dict) -> list[Path]:
             pred = np.asarray(e["reward_scatter"]["predicted"])
             ax.scatter(real, pred, s=5, alpha=0.35, color=col[e["name"]], lw=0, zorder=2)
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.2", ls="--", lw=1, zorder=3)
-            edges = np.quantile(real, np.linspace(0, 1, 11))
-            which = np.clip(np.searchsorted(edges, real, side="right") - 1, 0, 9)
-            centres = [(real[which == b].mean(), pred[which == b].mean()) for b in range(10) if (which == b).any()]
+            # Decile edges, merged where they tie (sparse rewards: most deciles are 0), so that the
+            # rare rewarded transitions still get a bin of their own.
+            edges = np.unique(np.quantile(real, np.linspace(0, 1, 11)))
+            bins = max(len(edges) - 1, 1)
+            which = np.clip(np.searchsorted(edges, real, side="right") - 1, 0, bins - 1)
+            centres = [(real[which == b].mean(), pred[which == b].mean()) for b in range(bins) if (which == b).any()]
             if centres:
                 cx, cy = zip(*centres)
                 ax.plot(cx, cy, color="0.05", marker="o", ms=3.5, lw=1.4, zorder=4)
@@ -273,7 +279,7 @@ def fig_reward(out: Path, s: dict, col: dict) -> list[Path]:
             if i % cols == 0:
                 ax.set_ylabel("predicted reward")
         _suptitle(top, f"{task_title(s['task'])}: real vs predicted reward on held-out transitions (FTFL Fig 2a; "
-                  "model seed 0; dashed: perfect prediction; black: mean per real-reward decile)", 10)
+                  "model seed 0; dashed: perfect prediction; black: mean per real-reward decile, tied deciles merged)", 10)
         bx = bottom.subplots(1, 2)
         _bars(bx[0], entries, "heldout", "reward_rmse", col, n)
         bx[0].set_title("reward RMSE")
