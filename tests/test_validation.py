@@ -306,7 +306,7 @@ def test_memory_check_counts_what_init_would_allocate():
 
     shapes = jax.eval_shape(lambda: {"buffer": jax.vmap(lambda _: init_buffer(1000, jnp.zeros(25)))(jnp.arange(2)),
                                      "params": jnp.zeros((2, 250))})
-    need = 2 * (1000 * 25 * 4 + 4 + 4) + 2 * 250 * 4  # by hand: 202,016 bytes
+    need = 2 * (1000 * 25 * 4 + 4 + 4 + 4) + 2 * 250 * 4  # rows, position, size, count: 202,024 bytes
     check_memory(shapes, 2, need)  # exactly enough
     with pytest.raises(ConfigError, match=r"0.00 GB per seed \(replay buffer 0.00 GB\)"):
         check_memory(shapes, 2, need - 1)

@@ -175,8 +175,9 @@ def test_settings_that_only_keep_or_watch_a_run_never_make_a_variant(tmp_path):
     # seed-disjoint folder: the two folders are one variant, "SAC", pooled.
     base = TrainConfig(algo="sac", env="gym:Hopper-v5", seeds=2, steps=4000, eval_every=2000, log_every=1000)
     write_run(tmp_path / "a", base, fake_rows(base), meta_dirs=False)
-    changes = {"checkpoint_every": 500, "keep_checkpoints": 5, "env_workers": 2, "logger": ("tensorboard", "wandb"),
-               "wandb_project": "p", "wandb_entity": "e", "wandb_group": "g", "wandb_mode": "online"}
+    changes = {"checkpoint_every": 500, "keep_checkpoints": 5, "env_workers": 2, "env_parallel": "threads",
+               "logger": ("tensorboard", "wandb"), "wandb_project": "p", "wandb_entity": "e", "wandb_group": "g",
+               "wandb_mode": "online"}
     assert set(changes) == set(config_lib.RUN_CONTROL) - {"label", "baseline"}  # a new field must be added here
     other = dataclasses.replace(base, seed=2, **changes)
     write_run(tmp_path / "b", other, fake_rows(other), meta_dirs=False)
