@@ -226,3 +226,13 @@ def test_variant_specs():
     assert ms.parse_variant("target-norm").model.target_norm and not ms.parse_variant("target-norm").model.direct_next_state
     with pytest.raises(ConfigError, match="num_elites"):
         ms.parse_variant("mbpo+num_elites=9")
+
+
+def test_the_reward_line_keeps_rare_rewards_apart_from_tied_values():
+    from dynalab.analysis.model_study_report import _reward_groups
+
+    sizes = lambda real: [int(g.sum()) for g in _reward_groups(np.asarray(real, float))]  # noqa: E731
+    assert sizes([0, 0, 0, 1, 1, 0]) == [4, 2]  # binary: one point per value, in reward order
+    # Sparse: 990 zeros are one point, the 10 rare rewards are cut into quantile bins of their own.
+    assert sizes(np.concatenate([np.zeros(990), np.linspace(0.5, 1, 10)])) == [990] + [1] * 10
+    assert sizes(np.arange(1000.0)) == [100] * 10  # dense: deciles

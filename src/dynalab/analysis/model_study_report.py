@@ -238,6 +238,23 @@ def fig_state_error(out: Path, s: dict, col: dict) -> list[Path]:
         return F.save(fig, out, "state_error")
 
 
+def _reward_groups(real: np.ndarray) -> list[np.ndarray]:
+    """Masks of transitions for the line of mean predictions, in order of real reward: each reward
+    value held by at least 5% of the transitions (the zeros of a sparse reward, both values of a
+    binary one) is a group of its own, and the other transitions are cut into up to 10 quantile bins,
+    so that rare rewarded transitions are never averaged into the zeros."""
+    values, counts = np.unique(real, return_counts=True)
+    heavy = values[counts >= 0.05 * len(real)]
+    groups = [real == v for v in heavy]
+    rest = ~np.isin(real, heavy)
+    if rest.any():
+        edges = np.unique(np.quantile(real[rest], np.linspace(0, 1, 11)))
+        which = np.clip(np.searchsorted(edges, real, side="right") - 1, 0, max(len(edges) - 2, 0))
+        groups += [rest & (which == b) for b in range(max(len(edges) - 1, 1))]
+    groups = [g for g in groups if g.any()]
+    return sorted(groups, key=lambda g: float(real[g].mean()))
+
+
 def fig_reward(out: Path, s: dict, col: dict) -> list[Path]:
     """FTFL Fig 2a: real vs predicted reward per variant (first model seed), plus reward RMSE and bias."""
     entries, n = s["variants"], len(s["model_seeds"])
@@ -261,12 +278,7 @@ def fig_reward(out: Path, s: dict, col: dict) -> list[Path]:
             pred = np.asarray(e["reward_scatter"]["predicted"])
             ax.scatter(real, pred, s=5, alpha=0.35, color=col[e["name"]], lw=0, zorder=2)
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.2", ls="--", lw=1, zorder=3)
-            # Decile edges, merged where they tie (sparse rewards: most deciles are 0), so that the
-            # rare rewarded transitions still get a bin of their own.
-            edges = np.unique(np.quantile(real, np.linspace(0, 1, 11)))
-            bins = max(len(edges) - 1, 1)
-            which = np.clip(np.searchsorted(edges, real, side="right") - 1, 0, bins - 1)
-            centres = [(real[which == b].mean(), pred[which == b].mean()) for b in range(bins) if (which == b).any()]
+            centres = [(real[g].mean(), pred[g].mean()) for g in _reward_groups(real)]
             if centres:
                 cx, cy = zip(*centres)
                 ax.plot(cx, cy, color="0.05", marker="o", ms=3.5, lw=1.4, zorder=4)
@@ -279,7 +291,8 @@ def fig_reward(out: Path, s: dict, col: dict) -> list[Path]:
             if i % cols == 0:
                 ax.set_ylabel("predicted reward")
         _suptitle(top, f"{task_title(s['task'])}: real vs predicted reward on held-out transitions (FTFL Fig 2a; "
-                  "model seed 0; dashed: perfect prediction; black: mean per real-reward decile, tied deciles merged)", 10)
+                  "model seed 0; dashed: perfect prediction; black: mean per real-reward decile; "
+                  "a value held by 5% or more is its own point)", 10)
         bx = bottom.subplots(1, 2)
         _bars(bx[0], entries, "heldout", "reward_rmse", col, n)
         bx[0].set_title("reward RMSE")
