@@ -98,6 +98,7 @@ class Trainer:
         self.seeds = [seed for seed, _ in self.members]  # one entry per member of the program
         self.spec = env_spec(cfg.env)
         self._base = make_learner(cfg, self.spec)
+        self._learners = [self._base]  # every learner built, so that close() releases what they hold
         self.batch = SeedBatch(self._learner_for, self.spec.action_dim,
                                [0.0 if v is None else v for _, v in self.members])
         workers = dict(workers=cfg.env_workers, parallel=cfg.env_parallel, imports=cfg.imports)
@@ -124,7 +125,9 @@ class Trainer:
         """The learner of one member: with a sweep, built around that member's (traced) value."""
         if not self.cfg.sweep_field or value is None:
             return self._base
-        return make_learner(config_lib.with_field(self.cfg, self.cfg.sweep_field, value), self.spec)
+        learner = make_learner(config_lib.with_field(self.cfg, self.cfg.sweep_field, value), self.spec)
+        self._learners.append(learner)
+        return learner
 
     def member_name(self, i: int) -> str:
         seed, value = self.members[i]
@@ -248,8 +251,13 @@ class Trainer:
         return checkpoint.write(folder, self.env_step, self.state, host, meta, metrics_csv, target=target)
 
     def close(self) -> None:
-        self.envs.close()
-        self.eval_envs.close()
+        """Close the envs and what the learners hold outside their state (e.g. the perfect model's
+        simulators); worker processes stop once nothing uses them."""
+        for env in (getattr(self, "envs", None), getattr(self, "eval_envs", None)):
+            if env is not None:
+                env.close()
+        for learner in self._learners:
+            learner.close()
 
 
 def _mean_finished(returns: np.ndarray) -> np.ndarray:

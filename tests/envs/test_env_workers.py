@@ -185,3 +185,60 @@ def test_the_users_tasks_are_built_in_the_workers():
         for env_id in ("gym:my_tasks/GentlePendulum-v0", "dmc:slider-reach"):
             registry._checked_user_tasks.pop(env_id, None)
         env_spec.cache_clear()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (from /proc: utime and stime, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_worker_between_spaced_out_requests_blocks_instead_of_burning_a_core():
+    """Workers poll for up to `SPIN_SECONDS` only while requests come back to back; between the
+    steps of a training run (the learner's update in between) they must sleep. Measured by the
+    worker's CPU time over idle stretches of 0.3 s: a worker that kept polling would use ~0.3 s."""
+    batch = BatchEnv("gym:InvertedPendulum-v5", [0, 1], workers=2, parallel="processes")
+    try:
+        batch.reset()
+        (worker,) = batch._rows.procs
+        for _ in range(20):  # back to back: the worker polls between these
+            batch.step(np.zeros((2, 1)))
+        time.sleep(0.3)
+        used = []
+        for _ in range(3):  # spaced out: a training loop's rhythm
+            batch.step(np.zeros((2, 1)))
+            before = _cpu_seconds(worker.pid)
+            time.sleep(0.3)
+            used.append(_cpu_seconds(worker.pid) - before)
+        assert max(used) < 0.1, used
+    finally:
+        batch.close()
+
+
+def test_closing_a_trainer_stops_the_perfect_models_workers_too():
+    """Trainer.close releases every user of the worker pool, the perfect model's simulator included
+    (`Learner.close`): the last user's release stops the worker processes."""
+    from dynalab.algos import default_config
+    from dynalab.models.ensemble import ModelConfig
+    from dynalab.train import Trainer
+
+    cfg = default_config("mbpo", env="gym:InvertedPendulum-v5", seeds=2, steps=40, warmup_steps=20, replay_ratio=1,
+                         batch_size=16, eval_every=40, eval_episodes=1, log_every=20, rollouts_per_step=4,
+                         synthetic_retain_steps=10, model_refit_every=20, perfect_model=True, env_workers=2,
+                         env_parallel="processes", model=ModelConfig(width=8, depth=1, refit_steps=1,
+                                                                      batch_size=8, max_holdout=8))
+    pool, _ = W.acquire(1)  # held here, so that its count of users is what to watch
+    try:
+        users = pool.users
+        trainer = Trainer(cfg)
+        try:
+            while trainer.env_step < 23:  # past warm-up: rollouts step the perfect model's simulators
+                trainer.step()
+            assert trainer.state.synthetic.size.max() > 0
+            assert pool.users == users + 3  # training envs, eval envs, the perfect model's simulator
+        finally:
+            trainer.close()
+        assert pool.users == users
+    finally:
+        W.release(pool)

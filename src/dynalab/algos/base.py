@@ -93,6 +93,9 @@ class Learner:
     """Whether real transitions must carry the simulator state (the perfect model)."""
     parts: tuple[tuple[str, Callable[[State, jax.Array], Any]], ...] = ()
     """Named pieces of `update` (e.g. model rollouts) that `dynalab bench` times on their own."""
+    close: Callable[[], None] = lambda: None
+    """Release what the learner holds outside its state (the perfect model's simulators and the
+    worker processes stepping them). Idempotent; the training loop calls it when it closes."""
 
 
 def repeated_updates(

@@ -156,6 +156,9 @@ class PerfectDynamics:
     def diagnostics(self, model, batch: Transition) -> dict:
         return {}
 
+    def close(self) -> None:
+        self.simulator.close()
+
 
 def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
     dynamics = PerfectDynamics(cfg, spec) if cfg.perfect_model else LearnedDynamics(cfg, spec)
@@ -251,7 +254,7 @@ def make(cfg: TrainConfig, spec: EnvSpec) -> Learner:
 
     return Learner(init=init, explore=explore, exploit=exploit, observe=observe, update=update,
                    hooks=tuple(hooks), needs_sim_state=dynamics.needs_sim_state,
-                   parts=(("rollouts", time_rollouts),))
+                   parts=(("rollouts", time_rollouts),), close=getattr(dynamics, "close", lambda: None))
 
 
 def _on_sac(state: DynaState, fn, key):
