@@ -9,8 +9,6 @@ order) and reported as medians:
   threads-2         2 threads of this process
   processes-2       2 workers: this process steps the first chunk, one worker process the other
                     (what BatchEnv and Simulator do with parallel="processes")
-  processes-2-block the same, but neither side polls before blocking on the connection
-                    (`workers.SPIN_SECONDS` = 0: what the workers did before they polled)
   processes-2-idle  2 worker processes, this process idle (the alternative design)
   processes-1-idle  1 worker process holding every row, this process idle (the pipe's overhead)
 
@@ -38,8 +36,7 @@ from dynalab.envs import workers as W
 from dynalab.models.perfect import Simulator
 from dynalab.types import state_bits
 
-VARIANTS = ("sequential", "threads-2", "processes-2", "processes-2-block", "processes-2-idle", "processes-1-idle")
-SPIN = W.SPIN_SECONDS
+VARIANTS = ("sequential", "threads-2", "processes-2", "processes-2-idle", "processes-1-idle")
 
 
 def make_batch(variant: str, env_id: str, seeds: list[int]) -> BatchEnv:
@@ -47,7 +44,7 @@ def make_batch(variant: str, env_id: str, seeds: list[int]) -> BatchEnv:
         return BatchEnv(env_id, seeds, workers=1)
     if variant == "threads-2":
         return BatchEnv(env_id, seeds, workers=2, parallel="threads")
-    if variant in ("processes-2", "processes-2-block"):
+    if variant == "processes-2":
         return BatchEnv(env_id, seeds, workers=2, parallel="processes")
     # The alternative designs: every chunk in a worker process, this one idle.
     batch = BatchEnv(env_id, seeds, workers=1)
@@ -63,7 +60,7 @@ def make_sim(variant: str, env_id: str) -> Simulator:
         return Simulator(spec, workers=1)
     if variant == "threads-2":
         return Simulator(spec, workers=2, parallel="threads")
-    if variant in ("processes-2", "processes-2-block"):
+    if variant == "processes-2":
         return Simulator(spec, workers=2, parallel="processes")
     sim = Simulator(spec, workers=1)
     sim._procs = W.ProcessSimRows(env_id, 2 if variant == "processes-2-idle" else 1, main_steps=False)
@@ -131,7 +128,6 @@ def main() -> None:
     for k in range(args.blocks):
         acts = rng.uniform(-1, 1, (args.block, len(seeds), dim))
         for v in variants[k % len(variants):] + variants[: k % len(variants)]:  # rotate who goes first
-            W.set_spin(0.0 if v.endswith("-block") else SPIN)
             t0 = time.perf_counter()
             for a in acts:
                 batches[v].step(a)
@@ -162,14 +158,12 @@ def main() -> None:
     results = {}
     for k in range(args.calls):
         for v in variants[k % len(variants):] + variants[: k % len(variants)]:
-            W.set_spin(0.0 if v.endswith("-block") else SPIN)
             t0 = time.perf_counter()
             results[v] = sims[v].host_step(bits, acts)
             ptimes[v].append(time.perf_counter() - t0)
     ref = results[variants[0]]
     assert all(all(np.array_equal(a, b) for a, b in zip(ref, r)) for r in results.values()), "variants differ"
     pmed = {v: float(np.median(t)) for v, t in ptimes.items()}
-    W.set_spin(SPIN)
     # Transfer alone: one worker's half of the rows sent there and back, no physics.
     pool, procs = W.acquire(1)
     try:

@@ -187,35 +187,6 @@ def test_the_users_tasks_are_built_in_the_workers():
         env_spec.cache_clear()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of `pid` so far (from /proc: utime and stime, in clock ticks)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def test_a_worker_between_spaced_out_requests_blocks_instead_of_burning_a_core():
-    """Workers poll for up to `SPIN_SECONDS` only while requests come back to back; between the
-    steps of a training run (the learner's update in between) they must sleep. Measured by the
-    worker's CPU time over idle stretches of 0.3 s: a worker that kept polling would use ~0.3 s."""
-    batch = BatchEnv("gym:InvertedPendulum-v5", [0, 1], workers=2, parallel="processes")
-    try:
-        batch.reset()
-        (worker,) = batch._rows.procs
-        for _ in range(20):  # back to back: the worker polls between these
-            batch.step(np.zeros((2, 1)))
-        time.sleep(0.3)
-        used = []
-        for _ in range(3):  # spaced out: a training loop's rhythm
-            batch.step(np.zeros((2, 1)))
-            before = _cpu_seconds(worker.pid)
-            time.sleep(0.3)
-            used.append(_cpu_seconds(worker.pid) - before)
-        assert max(used) < 0.1, used
-    finally:
-        batch.close()
-
-
 def test_closing_a_trainer_stops_the_perfect_models_workers_too():
     """Trainer.close releases every user of the worker pool, the perfect model's simulator included
     (`Learner.close`): the last user's release stops the worker processes."""

@@ -13,10 +13,7 @@ order, and rows never share a simulator, so results are those of one sequential 
   dies, when they read the end of their connection. Messages are pickled NumPy arrays over the
   socket: a few hundred bytes per env step, about 1 MB per 1,000 humanoid states for the perfect
   model (transferred in about a millisecond, against about a second of physics; shared memory
-  would not pay, `scripts/bench_parallel_envs.py`). A process waiting for the other end polls the
-  connection for up to `SPIN_SECONDS` before it blocks (the main process after its own chunk; a
-  worker only while requests arrive back to back), since waking a blocked process costs a few
-  hundred microseconds in a virtual machine; between a training run's steps workers sleep.
+  would not pay, `scripts/bench_parallel_envs.py`).
 * `threads`: W threads of this process (`RowPool`). MuJoCo's mj_step releases the GIL but
   dm_control's per-step Python holds it, so threads barely pay on dm_control tasks.
 
@@ -34,7 +31,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import traceback
 import weakref
 from collections.abc import Callable, Sequence
@@ -47,10 +43,6 @@ from dynalab.envs.base import SimulatorDiverged
 from dynalab.envs.registry import make_env
 
 Parallel = Literal["processes", "threads"]
-
-# How long a process waiting on the other end of a worker connection polls before it blocks:
-# the main process after stepping its own chunk, a worker between back-to-back requests.
-SPIN_SECONDS = 0.002
 PARALLEL_KINDS: tuple[str, ...] = ("processes", "threads")
 
 
@@ -287,20 +279,12 @@ def _serve(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn = Connection(fd)
     tables: dict[int, Any] = {}
-    spin, replied, spinning = SPIN_SECONDS, None, False
     while True:
         try:
-            if spinning:
-                _wait_briefly(conn, spin)
             request = conn.recv()
         except (EOFError, OSError):
             break
-        # Spin before the next request only while requests come back to back (an eval episode, a
-        # benchmark): within a training run the learner's update separates them and we block.
-        spinning = replied is not None and time.perf_counter() - replied < spin
         op, tid, *args = request
-        if op == "spin":
-            spin = float(args[0])
         try:
             result = _handle(tables, op, tid, *args)
             reply = ("ok", result)
@@ -312,21 +296,12 @@ def _serve(fd: int) -> None:
             conn.send(reply)
         except (EOFError, OSError):
             break
-        replied = time.perf_counter()
     for envs in tables.values():
         for env in envs if isinstance(envs, list) else [envs]:
             env.close()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
-
-
-def _wait_briefly(conn, seconds: float) -> None:
-    """Poll `conn` for up to `seconds` without sleeping. A blocked process's core may halt, and in
-    a virtual machine waking it can take a few hundred microseconds, close to a humanoid step."""
-    deadline = time.perf_counter() + seconds
-    while not conn.poll() and time.perf_counter() < deadline:
-        pass
 
 
 def _handle(tables: dict, op: str, tid: int, *args):
@@ -345,8 +320,6 @@ def _handle(tables: dict, op: str, tid: int, *args):
         return None
     if op == "echo":
         return args[0]
-    if op == "spin":
-        return None
     if op == "exit":
         return None
     if tid not in tables:
@@ -439,8 +412,6 @@ class _Worker:
         if self.dead:
             raise EnvWorkerError(self.dead)
         try:
-            if SPIN_SECONDS:
-                _wait_briefly(self.conn, SPIN_SECONDS)
             reply = self.conn.recv()
             self.owed.pop(0)
         except (EOFError, OSError) as e:
@@ -734,15 +705,6 @@ class ProcessSimRows(_Table):
             if self.local is not None:
                 self.local.close()
             self.local = None
-
-
-def set_spin(seconds: float) -> None:
-    """Set how long this process and its current workers poll before blocking (0: never poll);
-    for measurements (`scripts/bench_parallel_envs.py`)."""
-    global SPIN_SECONDS
-    SPIN_SECONDS = float(seconds)
-    if _current is not None and not _current.closed:
-        _call(_current.workers, [("spin", -1, SPIN_SECONDS)] * len(_current.workers), "setting its wait")
 
 
 def echo(procs: list[_Worker], payload) -> list:
