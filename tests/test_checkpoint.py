@@ -8,6 +8,7 @@ blocks are worked out by hand from the ring positions.
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -220,3 +221,68 @@ def test_format_1_checkpoints_are_still_read(tmp_path):
     # The next checkpoint in its folder has no usable base (format 1): it writes every filled block.
     later = write(tmp_path, 6, got)
     assert segment_blocks(later, "['replay'].data['obs']") == [0, 1, 2, 3]
+
+
+def test_a_background_write_holds_the_state_as_it_was_when_submitted(tmp_path, monkeypatch):
+    """`Writer.submit` returns after taking host copies; the learner's next update then takes its
+    arrays over (donated, on a CPU device updated in place) before the thread writes. The update
+    must be able to do so (a writer still holding views of the arrays would block the donation),
+    and the checkpoint must hold the submitted state, with the same blocks as a synchronous write
+    of it, chained onto the previous checkpoint as a synchronous one is."""
+    import threading
+
+    state = init_state()
+    state["replay"] = add_batch(state["replay"], rows(0, 7))
+    sync, background = tmp_path / "sync", tmp_path / "background"
+    write(sync, 1, state)
+    write(background, 1, state)
+    state["replay"] = add_batch(state["replay"], rows(7, 4))  # ring rows 7-10: blocks 3-5
+    state["net"] = jnp.arange(MEMBERS * 5, dtype=jnp.float32).reshape(MEMBERS, 5)
+    expected = jax.tree.map(np.array, state)
+
+    release = threading.Event()
+    real = checkpoint._write_npz
+    monkeypatch.setattr(checkpoint, "_write_npz", lambda path, arrays: (release.wait(30), real(path, arrays)))
+    writer = checkpoint.Writer()
+    path = writer.submit(background, 2, state, {"x": np.zeros(1)}, {}, None,
+                         after=lambda: checkpoint.prune(background, 2))
+    old = jax.tree.leaves(state)
+    update = jax.jit(lambda s: jax.tree.map(lambda x: x if x.dtype == bool else x + 1, s), donate_argnums=0)
+    state = jax.block_until_ready(update(state))
+    assert all(x.is_deleted() for x in old if x.dtype != bool)  # donated: the writer kept no view
+    assert checkpoint.complete(background)[-1].name == checkpoint.name(1)  # still being written
+    release.set()
+    assert writer.wait() == path == background / checkpoint.name(2)
+    monkeypatch.setattr(checkpoint, "_write_npz", real)
+    reference = write(sync, 2, expected)
+
+    assert_same(checkpoint.read_learner(path, init_state()), expected)
+    assert segment_blocks(path, "['replay'].data['obs']") == segment_blocks(reference, "['replay'].data['obs']") \
+        == [3, 4, 5]
+    blocks = lambda p: [[Path(r).name.split("-")[0] if r else None for r in b["blocks"]]  # noqa: E731
+                        for b in checkpoint.read_meta(p)["buffers"]]
+    assert blocks(path) == blocks(reference)
+    rest = lambda p: {k: v for k, v in checkpoint.read_meta(p).items() if k not in ("segment", "buffers")}  # noqa: E731
+    assert rest(path) == rest(reference)
+
+
+def test_a_failed_background_write_is_raised_with_its_step_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    import errno
+
+    state = init_state()
+    state["replay"] = add_batch(state["replay"], rows(0, 7))
+    folder = tmp_path / "checkpoints"
+    write(folder, 1, state)
+
+    def full(path, arrays):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint, "_write_npz", full)
+    writer = checkpoint.Writer()
+    writer.submit(folder, 2, state, {"x": np.zeros(1)}, {}, None)
+    with pytest.raises(OSError, match="No space left"):
+        writer.wait()
+    assert writer.failed_step == 2
+    assert [c.name for c in checkpoint.complete(folder)] == [checkpoint.name(1)]
+    assert not list(folder.glob(".tmp-*")) and not list((folder / checkpoint.SEGMENTS).glob(".tmp-*"))
+    writer.wait()  # raised once: the writer is usable again

@@ -36,8 +36,9 @@ import os
 import re
 import secrets
 import shutil
+import threading
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -279,15 +280,26 @@ def _block_member(leaf_index: int, block: int) -> str:
     return f"{leaf_index:04d}_{block:06d}"
 
 
-def _segment_arrays(leaves: list[_Leaf], dirty: list[np.ndarray], rows: list[int]) -> Iterator[tuple[str, np.ndarray]]:
+def _segment_arrays(leaves: list[_Leaf], dirty: list[np.ndarray], rows: list[int],
+                    owned: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """(member name, rows) of every dirty block, run by run. `owned`: each run copied into host
+    memory of its own (on a CPU device the rows are otherwise views of the live buffers)."""
     for i, leaf in enumerate(leaves):
         if leaf.buffer is None:
             continue
         r = rows[leaf.buffer]
         for a, b in _runs(dirty[leaf.buffer]):
             host = _host_rows(leaf.value, a * r, b * r)
+            if owned and not host.flags.owndata:
+                host = np.array(host)
             for k in range(a, b):
                 yield _block_member(i, k), host[:, (k - a) * r:(k - a + 1) * r]
+
+
+def _owned(x: Any) -> np.ndarray:
+    """`x` as a host array that no later device computation can change."""
+    host = np.asarray(x)
+    return host if host.flags.owndata else np.array(host)
 
 
 def _base_record(folder: Path, leaves: list[_Leaf], step: int) -> dict[str, Any] | None:
@@ -302,6 +314,104 @@ def _base_record(folder: Path, leaves: list[_Leaf], step: int) -> dict[str, Any]
     ] != [(x.name, list(x.value.shape), str(x.value.dtype)) for x in leaves]:
         return None
     return meta
+
+
+class _Job:
+    """One checkpoint, planned: every array it writes and where. Built by `_plan` in the caller's
+    thread; `_commit` writes it (there or in a `Writer`'s thread)."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+
+def _plan(folder: Path, step: int, learner_state: Any, host: Mapping[str, np.ndarray], meta: Mapping[str, Any],
+          metrics_csv: Path | None, target: str | None, owned: bool) -> _Job:
+    """Decide what the checkpoint of `step` writes. With `owned`, take host copies of all of it
+    now (only the dirty blocks of each buffer), so that it can be written while the learner
+    goes on changing its state in place; without, arrays are read while `_commit` writes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    leaves, buffers, _, _ = _leaves(learner_state)
+    base = None if target else _base_record(folder, leaves, step)
+    records, dirty, rows = [], [], []
+    seg_name = None if target else f"{name(step)}-{secrets.token_hex(4)}.npz"
+    seg_ref = "segment.npz" if target else f"../{SEGMENTS}/{seg_name}"
+    for b, buf in enumerate(buffers):
+        cap = int(jax.tree_util.tree_leaves(buf.data)[0].shape[1])
+        r = block_rows(cap)
+        now = _buffer_arrays(buf)
+        before = base["buffers"][b] if base is not None and b < len(base["buffers"]) else None
+        changed = _dirty_blocks(now, before, cap, r)
+        if changed is None:
+            changed, blocks = _filled_blocks(now["size"], cap, r), [None] * -(-cap // r)
+        else:  # the previous checkpoint's references, relative to its folder, which is a sibling
+            blocks = list(before["blocks"])
+        blocks = [seg_ref if c else ref for c, ref in zip(changed, blocks)]
+        records.append({"capacity": cap, "block_rows": r, "blocks": blocks,
+                        **{k: v.tolist() for k, v in now.items()}})
+        dirty.append(changed)
+        rows.append(r)
+    written = any(d.any() for d in dirty)  # nothing written since the base: no segment
+    segment = _segment_arrays(leaves, dirty, rows, owned) if written else None
+    learner = ((f"{i:04d}", x.value) for i, x in enumerate(leaves) if x.buffer is None)
+    info = {
+        "format": FORMAT,
+        "step": step,
+        **meta,
+        "learner": [{"name": x.name, "shape": list(x.value.shape), "dtype": str(x.value.dtype),
+                     "buffer": x.buffer} for x in leaves],
+        "buffers": records,
+        "segment": seg_ref if written else None,  # the one this write added
+    }
+    if owned:
+        segment = list(segment) if segment is not None else None
+        learner = [(k, _owned(v)) for k, v in learner]
+        host = {k: np.array(v) for k, v in host.items()}
+    return _Job(folder=folder, final=folder / (target or name(step)), seg_name=seg_name, segment=segment,
+                learner=learner, host=host, info=info, step=step,
+                metrics=metrics_csv.read_bytes() if owned and metrics_csv is not None else metrics_csv)
+
+
+def _commit(job: _Job) -> Path:
+    """Write a planned checkpoint atomically; returns its path (see `write`)."""
+    folder, final = job.folder, job.final
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    seg_tmp = None
+    try:
+        if job.segment is not None:
+            if job.seg_name is None:
+                _write_npz(tmp / "segment.npz", iter(job.segment))
+            else:
+                (folder / SEGMENTS).mkdir(exist_ok=True)
+                seg_tmp = folder / SEGMENTS / f".tmp-{job.seg_name}"
+                _write_npz(seg_tmp, iter(job.segment))
+                os.rename(seg_tmp, folder / SEGMENTS / job.seg_name)
+                _fsync(folder / SEGMENTS)
+        seg_tmp = None
+        _write_npz(tmp / "learner.npz", iter(job.learner))
+        _write_npz(tmp / "host.npz", iter(job.host.items()))
+        if isinstance(job.metrics, bytes):
+            (tmp / "metrics.csv").write_bytes(job.metrics)
+            _fsync(tmp / "metrics.csv")
+        elif job.metrics is not None:
+            shutil.copyfile(job.metrics, tmp / "metrics.csv")
+            _fsync(tmp / "metrics.csv")
+        (tmp / "meta.json").write_text(json.dumps(job.info, indent=1) + "\n")
+        _fsync(tmp / "meta.json")
+        _fsync(tmp)
+        if final.exists():  # e.g. a checkpoint of the same step written before a crash
+            old = folder / f".tmp-replaced-{final.name}-{os.getpid()}"
+            os.rename(final, old)
+            shutil.rmtree(old)
+        os.rename(tmp, final)
+        _fsync(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if seg_tmp is not None:
+            seg_tmp.unlink(missing_ok=True)
+        raise
+    return final
 
 
 def write(
@@ -320,74 +430,58 @@ def write(
     none that fits). With `target`, the checkpoint holds all its rows itself (`segment.npz`).
     Raises OSError when the disk is full or unwritable; nothing partial stays visible.
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / (target or name(step))
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    seg_tmp = None
-    try:
-        leaves, buffers, _, _ = _leaves(learner_state)
-        base = None if target else _base_record(folder, leaves, step)
-        records, dirty, rows = [], [], []
-        if target:
-            seg_file, seg_ref = tmp / "segment.npz", "segment.npz"
-        else:
-            seg_name = f"{name(step)}-{secrets.token_hex(4)}.npz"
-            (folder / SEGMENTS).mkdir(exist_ok=True)
-            seg_tmp = folder / SEGMENTS / f".tmp-{seg_name}"
-            seg_file, seg_ref = seg_tmp, f"../{SEGMENTS}/{seg_name}"
-        for b, buf in enumerate(buffers):
-            cap = int(jax.tree_util.tree_leaves(buf.data)[0].shape[1])
-            r = block_rows(cap)
-            now = _buffer_arrays(buf)
-            before = base["buffers"][b] if base is not None and b < len(base["buffers"]) else None
-            changed = _dirty_blocks(now, before, cap, r)
-            if changed is None:
-                changed, blocks = _filled_blocks(now["size"], cap, r), [None] * -(-cap // r)
-            else:  # the previous checkpoint's references, relative to its folder, which is a sibling
-                blocks = list(before["blocks"])
-            blocks = [seg_ref if c else ref for c, ref in zip(changed, blocks)]
-            records.append({"capacity": cap, "block_rows": r, "blocks": blocks,
-                            **{k: v.tolist() for k, v in now.items()}})
-            dirty.append(changed)
-            rows.append(r)
-        written = any(d.any() for d in dirty)  # nothing written since the base: no segment
-        if written:
-            _write_npz(seg_file, _segment_arrays(leaves, dirty, rows))
-            if seg_tmp is not None:
-                os.rename(seg_tmp, folder / SEGMENTS / seg_name)
-                _fsync(folder / SEGMENTS)
-        seg_tmp = None
-        _write_npz(tmp / "learner.npz", ((f"{i:04d}", x.value) for i, x in enumerate(leaves) if x.buffer is None))
-        _write_npz(tmp / "host.npz", iter(host.items()))
-        if metrics_csv is not None:
-            shutil.copyfile(metrics_csv, tmp / "metrics.csv")
-            _fsync(tmp / "metrics.csv")
-        info = {
-            "format": FORMAT,
-            "step": step,
-            **meta,
-            "learner": [{"name": x.name, "shape": list(x.value.shape), "dtype": str(x.value.dtype),
-                         "buffer": x.buffer} for x in leaves],
-            "buffers": records,
-            "segment": seg_ref if written else None,  # the one this write added
-        }
-        (tmp / "meta.json").write_text(json.dumps(info, indent=1) + "\n")
-        _fsync(tmp / "meta.json")
-        _fsync(tmp)
-        if final.exists():  # e.g. a checkpoint of the same step written before a crash
-            old = folder / f".tmp-replaced-{final.name}-{os.getpid()}"
-            os.rename(final, old)
-            shutil.rmtree(old)
-        os.rename(tmp, final)
-        _fsync(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if seg_tmp is not None:
-            seg_tmp.unlink(missing_ok=True)
-        raise
-    return final
+    return _commit(_plan(folder, step, learner_state, host, meta, metrics_csv, target, owned=False))
+
+
+class Writer:
+    """Checkpoints written on a background thread, one at a time, while the run goes on.
+
+    `submit` takes host copies of what the checkpoint holds (the buffers' dirty blocks only) and
+    returns; the files are written, fsync'ed and renamed into place by the thread, then
+    `after` runs there (e.g. `prune`). The run waits only for the copies, and for the previous
+    write if it is still going when the next one is due. Everything `write` guarantees holds:
+    a crash mid-write leaves the earlier checkpoints intact, and resuming starts from the newest
+    complete one. A failed write (e.g. OSError, disk full) is raised by the next `submit`,
+    `check` or `wait`, with `failed_step` set to the step it was writing.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.failed_step: int | None = None
+        self.last: Path | None = None
+
+    def submit(self, folder: Path, step: int, learner_state: Any, host: Mapping[str, np.ndarray],
+               meta: Mapping[str, Any], metrics_csv: Path | None, after: Callable[[], None] | None = None) -> Path:
+        """Start writing the checkpoint of `step` (see `write`); returns the path it will have."""
+        self.wait()  # the next plan's base is the newest complete checkpoint on disk
+        job = _plan(folder, step, learner_state, host, meta, metrics_csv, None, owned=True)
+
+        def run() -> None:
+            try:
+                self.last = _commit(job)
+                if after is not None:
+                    after()
+            except BaseException as e:  # noqa: BLE001 - handed to the run's thread by check/wait
+                self._error, self.failed_step = e, job.step
+
+        self._thread = threading.Thread(target=run, name=f"dynalab-checkpoint-{step}")
+        self._thread.start()
+        return job.final
+
+    def check(self) -> None:
+        """Raise the error of a finished write that failed (returns at once otherwise)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def wait(self) -> Path | None:
+        """Wait for the write in progress; raises its error; returns the newest written path."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.check()
+        return self.last
 
 
 def written_bytes(path: Path) -> int:

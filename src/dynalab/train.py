@@ -18,6 +18,7 @@ The order of all work at env step k (k = env steps taken, counted from 1), defin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -25,6 +26,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -242,13 +244,21 @@ class Trainer:
 
     def write_checkpoint(self, folder: Path, metrics_csv: Path | None, loop: dict | None = None,
                          extra_host: dict | None = None, extra_meta: dict | None = None,
-                         target: str | None = None) -> Path:
-        """Write this trainer's learner and host state (plus the loop's bookkeeping) as a checkpoint."""
+                         target: str | None = None, writer: checkpoint.Writer | None = None,
+                         after: Callable[[], None] | None = None) -> Path:
+        """Write this trainer's learner and host state (plus the loop's bookkeeping) as a checkpoint;
+        returns its path. With `writer` (not for a `target`), the files are written in the
+        background once host copies are taken, and `after` runs when they are in place."""
         host = {**self.host_state(), **{f"loop/{k}": np.asarray(v) for k, v in (loop or {}).items()},
                 **(extra_host or {})}
         meta = {"dynalab": __version__, "config": config_lib.to_dict(self.cfg), "seeds": self.seeds,
                 **(extra_meta or {})}
-        return checkpoint.write(folder, self.env_step, self.state, host, meta, metrics_csv, target=target)
+        if writer is not None and target is None:
+            return writer.submit(folder, self.env_step, self.state, host, meta, metrics_csv, after)
+        path = checkpoint.write(folder, self.env_step, self.state, host, meta, metrics_csv, target=target)
+        if after is not None:
+            after()
+        return path
 
     def close(self) -> None:
         """Close the envs and what the learners hold outside their state (e.g. the perfect model's
@@ -398,15 +408,32 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True, allow_config_chang
     return _loop(trainer, cfg, out, loop, progress, sinks)
 
 
-def _save(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, writer: MetricsWriter) -> None:
+def _save(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, writer: MetricsWriter,
+          saver: checkpoint.Writer, wait: bool) -> None:
+    """Checkpoint the run, then prune: written in the background by `saver` (the loop goes on
+    once host copies are taken), or completely before returning with `wait` (the last step, a
+    stop). Raises CheckpointWriteError for this write or an earlier background one that failed."""
+    folder = out / "checkpoints"
+    with _checkpoint_errors(saver, trainer.env_step, folder):
+        trainer.write_checkpoint(folder, writer.path, loop, writer=saver,
+                                 after=lambda: checkpoint.prune(folder, cfg.keep_checkpoints))
+        if wait:
+            saver.wait()
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(saver: checkpoint.Writer, step: int, folder: Path):
+    """OSError of a checkpoint write (this one, or `saver`'s failed background write) as a
+    one-sentence CheckpointWriteError naming the step it was writing."""
     try:
-        trainer.write_checkpoint(out / "checkpoints", writer.path, loop)
+        yield
     except OSError as e:
+        failed = saver.failed_step if saver.failed_step is not None else step
+        saver.failed_step = None
         raise CheckpointWriteError(
-            f"could not write the checkpoint of step {trainer.env_step} to {out / 'checkpoints'} ({e.strerror}); "
+            f"could not write the checkpoint of step {failed} to {folder} ({e.strerror}); "
             "earlier checkpoints are intact: free space and run the same command again to resume."
         ) from None
-    checkpoint.prune(out / "checkpoints", cfg.keep_checkpoints)
 
 
 class CheckpointWriteError(RuntimeError):
@@ -439,11 +466,14 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
             e.saved_to = _save_nonfinite(trainer, cfg, out, e, writer)
             raise
 
+    saver = checkpoint.Writer()
     try:
         with _Stop() as stop:
             if cfg.checkpoint_every and trainer.env_step == 0:
-                _save(trainer, cfg, out, loop_state(), writer)  # a fresh run is resumable from the start
+                _save(trainer, cfg, out, loop_state(), writer, saver, wait=False)  # resumable from the start
             while trainer.env_step < cfg.steps:
+                with _checkpoint_errors(saver, trainer.env_step, out / "checkpoints"):
+                    saver.check()  # a background write that failed stops the run at once
                 res = guarded(trainer.step)
                 bar.update(1)
                 if np.any(res.episode_length > 0):
@@ -478,15 +508,27 @@ def _loop(trainer: Trainer, cfg: TrainConfig, out: Path, loop: dict, progress: b
                     writer.write(step, maintained)
                 if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps or stop.requested):
                     t0 = time.perf_counter()
-                    _save(trainer, cfg, out, loop_state(), writer)
-                    trainer.timer.add("checkpoint", t0)
+                    _save(trainer, cfg, out, loop_state(), writer, saver, wait=step == cfg.steps or stop.requested)
+                    trainer.timer.add("checkpoint", t0)  # what the loop waited for, not the background write
                 writer.end_step(step)
                 if stop.requested:
                     raise Preempted(f"stopped by {stop.signal_name} at env step {step}" + (
                         " after checkpointing; run the same command to resume." if cfg.checkpoint_every else "."),
                         stop.signal_name)
+    except BaseException:
+        _finish_quietly(saver)
+        raise
     finally:
         bar.close()
         writer.close()
         trainer.close()
     return returns
+
+
+def _finish_quietly(saver: checkpoint.Writer) -> None:
+    """On the way out of a run that failed: let a background checkpoint write finish (so that it
+    is complete or cleaned up on the next start), and report on stderr if it failed too."""
+    try:
+        saver.wait()
+    except BaseException as e:  # noqa: BLE001 - the run's own error is the one raised
+        print(f"dynalab: the checkpoint write of step {saver.failed_step} also failed: {e}", file=sys.stderr)
