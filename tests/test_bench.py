@@ -117,6 +117,7 @@ def test_phases_agree_with_the_wall_clock(slow_bench):
     timed = (STEPS * wall + sum(phases[n] * e for n, e in hooks.items()) + record["eval_seconds_per_evaluation"]
              + 20 * record["learner_only_seconds_per_env_step"] + record["checkpoint"]["bench_write_seconds"]
              + record["checkpoint"]["full_first_write_seconds"] + record["checkpoint"]["interval_write_seconds"]
+             + record["checkpoint"]["interval_background_first_wait_seconds"]
              + record["checkpoint"]["interval_background_seconds"])
     assert timed <= elapsed
     # total sums the per-step phases, and per seed-step divides it by the seeds.
@@ -148,8 +149,9 @@ def test_checkpoints_are_measured_at_full_buffers_and_cost_one_interval(slow_ben
     low = SEEDS * (10_000 + synthetic_capacity) * TRANSITION_BYTES
     assert low <= ckpt["interval_bytes"] <= low + SEEDS * 2 * 4096 * TRANSITION_BYTES + 2_000_000
     assert ckpt["interval_bytes"] < ckpt["full_first_bytes"] / 10
-    # The loop writes it in the background: it waits only for the host copies of those rows.
-    assert ckpt["interval_background_bytes"] == ckpt["interval_bytes"]
+    # The loop writes it in the background (two more intervals): it waits only for the host copies
+    # of those rows, which are as many (the 4,096-row blocks they touch fall differently).
+    assert low <= ckpt["interval_background_bytes"] <= low + SEEDS * 2 * 4096 * TRANSITION_BYTES + 2_000_000
     assert 0 < ckpt["interval_background_wait_seconds"] < ckpt["interval_background_seconds"]
     assert ckpt["amortised_seconds_per_env_step"] == ckpt["interval_background_wait_seconds"] / 10_000
     assert "checkpoint" not in record["seconds_per_env_step"]  # kept out of the measured total

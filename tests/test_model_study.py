@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from dynalab import checkpoint
+from dynalab import checkpoint, experiments
 from dynalab import model_study as ms
 from dynalab.agents.sac import SACConfig
 from dynalab.cli import main
@@ -236,3 +236,39 @@ def test_the_reward_line_keeps_rare_rewards_apart_from_tied_values():
     # Sparse: 990 zeros are one point, the 10 rare rewards are cut into quantile bins of their own.
     assert sizes(np.concatenate([np.zeros(990), np.linspace(0.5, 1, 10)])) == [990] + [1] * 10
     assert sizes(np.arange(1000.0)) == [100] * 10  # dense: deciles
+
+
+def test_a_short_buffer_holds_out_its_short_episode_not_most_of_the_data():
+    # One full episode and a partial one (a DMC run just past its 1,000-step time limit, in small): drawing the
+    # long one first would train on 10 rows and score on 40; whatever the draw, the short one is held out.
+    def episodes(*lengths):  # consecutive rows, each episode ending in a termination
+        obs = np.arange(sum(lengths), dtype=np.float32)[:, None]
+        discount = np.ones(sum(lengths), np.float32)
+        discount[np.cumsum(lengths) - 1] = 0.0
+        return Transition(obs=obs, action=np.zeros_like(obs), reward=np.zeros(len(obs), np.float32),
+                          next_obs=obs + 1, discount=discount)
+
+    for seed in range(8):
+        train_idx, held_idx, n_train, n_held = ms.split_episodes(episodes(40, 10), np.arange(50), 0.1, seed)
+        np.testing.assert_array_equal(held_idx, np.arange(40, 50))
+        assert (len(train_idx), n_train, n_held) == (40, 1, 1)
+    # Many short episodes: drawn at random until the fraction is reached, as before.
+    _, held_idx, n_train, n_held = ms.split_episodes(episodes(*[10] * 5), np.arange(50), 0.25, 0)
+    assert (len(held_idx), n_train, n_held) == (20, 3, 2)
+
+
+def test_an_experiment_too_short_for_two_episodes_stops_before_any_run(tmp_path, capsys):
+    preset = tmp_path / "short.toml"
+    # DMC episodes all last 1,000 steps: a 40-step run holds one, which a study cannot split into train and held out.
+    preset.write_text('envs = ["gym:InvertedPendulum-v5", "dmc:cartpole-balance"]\n[defaults]\nsteps = 40\n'
+                      'warmup_steps = 20\nbatch_size = 16\neval_every = 40\neval_episodes = 1\n'
+                      'checkpoint_every = 40\n[[variant]]\nlabel = "MBPO"\nalgo = "mbpo"\n')
+    with pytest.raises(SystemExit) as e:
+        main(["model-study", "--experiment", str(preset), "--out", str(tmp_path / "study"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1, err
+    assert "mbpo__dmc-cartpole-balance has 40 env steps" in err and "give it more env steps" in err, err
+    with pytest.raises(ConfigError, match=r"mbpo__gym-HalfCheetah-v5 .*pass --scale above 0\.04\b"):
+        ms.check_episodes(experiments.load("stfl-fig6-7-model-error", scale=0.04).trials, 0.04)
+    ms.check_episodes(experiments.load("stfl-fig6-7-model-error", scale=0.041).trials, 0.041)
+    assert not (tmp_path / "study").exists()  # nothing ran
