@@ -378,8 +378,11 @@ def split_episodes(t: Transition, order: np.ndarray, heldout_fraction: float, se
     """Hold out whole episodes: (train slots, held-out slots, train episodes, held-out episodes).
 
     `order` lists the rows in the order they were written; episodes are drawn uniformly at random
-    (numpy seed `seed`) until at least `heldout_fraction` of the rows are held out. Raises
-    ConfigError for data of fewer than two episodes.
+    (numpy seed `seed`) until at least `heldout_fraction` of the rows are held out. An episode that
+    would leave fewer training rows than held-out ones is passed over (in a short buffer, e.g. one
+    full 1,000-step episode and a partial one, it would hold out most of the data), unless every
+    episode would: then the shortest is held out. Raises ConfigError for data of fewer than two
+    episodes.
     """
     ids = episode_ids(_take(t, order))
     n_ep = int(ids[-1]) + 1
@@ -392,8 +395,12 @@ def split_episodes(t: Transition, order: np.ndarray, heldout_fraction: float, se
     for e in rng.permutation(n_ep):
         if total >= heldout_fraction * len(order) or len(picked) == n_ep - 1:
             break
+        if 2 * (total + lengths[e]) > len(order):  # more held out than trained on
+            continue
         picked.append(e)
         total += lengths[e]
+    if not picked:
+        picked = [int(np.argmin(lengths))]
     held = np.isin(ids, picked)
     return order[~held], order[held], n_ep - len(picked), len(picked)
 
@@ -851,16 +858,53 @@ def model_study(
     return report.write_many(studies, Path(out), reps=reps, context=context)
 
 
+def _ends_only_at_time_limit(env_id: str) -> bool:
+    """Whether no episode of `env_id` ends early: its built-in termination rule is "never" (HalfCheetah,
+    every DMC suite task but lqr); False for a task that may terminate or is unknown."""
+    from dynalab.envs import termination
+
+    if env_id in termination._GYM:  # the Gym rules; "never" is one function, shared by the tasks that never end
+        return termination._GYM[env_id][0] is termination._never
+    return termination.has_builtin_fn(env_id) and not env_id.startswith("dmc:lqr-")
+
+
+def check_episodes(trials: Sequence[Any], scale: float = 1.0) -> None:
+    """Refuse, before anything runs, trials whose buffer will hold a single episode of their task.
+
+    A study holds out whole episodes of a run's buffer (`split_episodes`). On a task whose episodes
+    end only at the time limit (`_ends_only_at_time_limit`: HalfCheetah, the DMC tasks), a run of
+    at most that many env steps holds one episode: it would be trained in full and then refused.
+    Raises ConfigError naming the first such trial and, for a scaled preset, the --scale to exceed.
+    """
+    from dynalab.envs import env_spec
+
+    short = []
+    for t in trials:
+        if _ends_only_at_time_limit(t.cfg.env):
+            limit = env_spec(t.cfg.env).max_episode_steps
+            if 0 < t.cfg.steps <= limit:
+                short.append((t, limit))
+    if not short:
+        return
+    t, limit = short[0]
+    need = max(lim / (x.cfg.steps / scale) for x, lim in short)
+    hint = f"pass --scale above {need:.3g}" if scale != 1.0 else "give it more env steps than that"
+    raise ConfigError(f"trial {t.name} has {t.cfg.steps:,} env steps, at most one episode of {t.cfg.env} (its "
+                      f"episodes all last {limit:,} steps), so no episode of its buffer could be held out; {hint}.")
+
+
 def run_experiment(name: str, out: Path, scale: float = 1.0, progress: bool = True) -> Path:
     """Run (or finish) a preset's trials into `out` as `dynalab sweep` does; returns `out`.
 
     The preset's runs are the data of an across-task study (e.g. stfl-fig6-7-model-error: short MBPO runs
-    on Gym and DMC tasks). Raises ConfigError for an unknown preset or when trials failed.
+    on Gym and DMC tasks). Raises ConfigError for an unknown preset, a trial too short to hold two
+    episodes (`check_episodes`, before anything runs) or when trials failed.
     """
     from dynalab import experiments
     from dynalab.sweep import run_sweep
 
     exp = experiments.load(name, scale=scale)
+    check_episodes(exp.trials, scale)
     statuses = run_sweep(list(exp.trials), Path(out), progress=progress)
     failed = [t for t, status in statuses.items() if status == "failed"]
     if failed:
