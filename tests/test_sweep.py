@@ -151,6 +151,8 @@ def test_unusable_trials_and_missing_ray_are_config_errors(tmp_path, monkeypatch
         run_sweep([Trial("a/b", TINY)], tmp_path)
     with pytest.raises(ConfigError, match="trial bad: --warmup-steps"):
         run_sweep([Trial("bad", dataclasses.replace(TINY, warmup_steps=500))], tmp_path)
+    with pytest.raises(ConfigError, match="trial w: --env-workers 0 .* cannot be used on Ray"):  # before connecting
+        run_sweep([Trial("w", dataclasses.replace(TINY, env_workers=0))], tmp_path, ray_address="auto")
     with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):  # fast, not ray.init's minutes of retries
         run_sweep(TRIALS, tmp_path, ray_address=f"127.0.0.1:{_free_port()}")
     monkeypatch.setitem(sys.modules, "ray", None)

@@ -166,7 +166,8 @@ def run_sweep(trials: list[Trial], out: Path, ray_address: str | None = None, re
 
     `ray_address=None` runs the trials one after another in this process (`progress` shows
     each run's progress bar). Otherwise the trials are Ray tasks on the cluster at `ray_address`
-    ('auto' or HOST:PORT), each holding 1 GPU if the cluster has GPUs, else 1 CPU, and running
+    ('auto' or HOST:PORT), each holding 1 GPU if the cluster has GPUs, and as many CPUs as its
+    `env_workers` (its simulator processes: 1 by default; 0, every core, is refused), running
     concurrently. `out` must then be on a filesystem shared by the driver and every worker node
     (NFS, a cluster filesystem, or a single-machine cluster), and the workers must have the same
     dynalab installed. A worker that dies mid-run (preemption, OOM kill, lost node) counts as
@@ -184,6 +185,12 @@ def run_sweep(trials: list[Trial], out: Path, ray_address: str | None = None, re
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"sweep folder {out} is a file; choose a folder path.")
+    if ray_address is not None:
+        for t in trials:
+            if t.cfg.env_workers == 0:
+                raise ConfigError(f"trial {t.name}: --env-workers 0 (one per core of the machine) cannot be used on "
+                                  "Ray, where trials share machines; give a number of workers, which is also the "
+                                  "CPUs the trial asks Ray for.")
     ray, connected_here = _connect(ray_address) if ray_address is not None else (None, False)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -256,12 +263,14 @@ def _run_ray(ray, todo: list[Trial], out: Path, retries: int, book: _Book) -> No
     try:
         gpus = ray.cluster_resources().get("GPU", 0)
         # Retries are ours (max_retries=0), so a crashed worker counts as an attempt like any failure.
-        options = {"num_gpus": 1 if gpus >= 1 else 0, "num_cpus": 1, "max_retries": 0, "retry_exceptions": False}
+        options = {"num_gpus": 1 if gpus >= 1 else 0, "max_retries": 0, "retry_exceptions": False}
         task = ray.remote(_attempt)
 
         def submit(t: Trial) -> None:
             book.running(t.name)
-            ref = task.options(name=f"dynalab-{t.name}", **options).remote(
+            # One CPU per simulator worker (the main process steps the first chunk), so that Ray
+            # does not put more simulator processes on a machine than it has cores.
+            ref = task.options(name=f"dynalab-{t.name}", num_cpus=t.cfg.env_workers, **options).remote(
                 config_lib.to_dict(t.cfg), str((out / t.name).resolve()), False)
             pending[ref] = (t, time.perf_counter())
 
