@@ -379,10 +379,10 @@ def split_episodes(t: Transition, order: np.ndarray, heldout_fraction: float, se
 
     `order` lists the rows in the order they were written; episodes are drawn uniformly at random
     (numpy seed `seed`) until at least `heldout_fraction` of the rows are held out. An episode that
-    would leave fewer training rows than held-out ones is passed over (in a short buffer, e.g. one
-    full 1,000-step episode and a partial one, it would hold out most of the data), unless every
-    episode would: then the shortest is held out. Raises ConfigError for data of fewer than two
-    episodes.
+    would take the held-out part past half the rows (or past `heldout_fraction`, if larger) is passed
+    over: in a short buffer, e.g. one full 1,000-step episode and a partial one, it would hold out
+    most of the data. If every episode would, the shortest is held out. Raises ConfigError for data
+    of fewer than two episodes.
     """
     ids = episode_ids(_take(t, order))
     n_ep = int(ids[-1]) + 1
@@ -395,7 +395,7 @@ def split_episodes(t: Transition, order: np.ndarray, heldout_fraction: float, se
     for e in rng.permutation(n_ep):
         if total >= heldout_fraction * len(order) or len(picked) == n_ep - 1:
             break
-        if 2 * (total + lengths[e]) > len(order):  # more held out than trained on
+        if total + lengths[e] > max(heldout_fraction, 0.5) * len(order):
             continue
         picked.append(e)
         total += lengths[e]
@@ -858,29 +858,19 @@ def model_study(
     return report.write_many(studies, Path(out), reps=reps, context=context)
 
 
-def _ends_only_at_time_limit(env_id: str) -> bool:
-    """Whether no episode of `env_id` ends early: its built-in termination rule is "never" (HalfCheetah,
-    every DMC suite task but lqr); False for a task that may terminate or is unknown."""
-    from dynalab.envs import termination
-
-    if env_id in termination._GYM:  # the Gym rules; "never" is one function, shared by the tasks that never end
-        return termination._GYM[env_id][0] is termination._never
-    return termination.has_builtin_fn(env_id) and not env_id.startswith("dmc:lqr-")
-
-
 def check_episodes(trials: Sequence[Any], scale: float = 1.0) -> None:
     """Refuse, before anything runs, trials whose buffer will hold a single episode of their task.
 
     A study holds out whole episodes of a run's buffer (`split_episodes`). On a task whose episodes
-    end only at the time limit (`_ends_only_at_time_limit`: HalfCheetah, the DMC tasks), a run of
+    end only at the time limit (`termination.never_terminates`: HalfCheetah, the DMC tasks), a run of
     at most that many env steps holds one episode: it would be trained in full and then refused.
     Raises ConfigError naming the first such trial and, for a scaled preset, the --scale to exceed.
     """
-    from dynalab.envs import env_spec
+    from dynalab.envs import env_spec, termination
 
     short = []
     for t in trials:
-        if _ends_only_at_time_limit(t.cfg.env):
+        if termination.never_terminates(t.cfg.env):
             limit = env_spec(t.cfg.env).max_episode_steps
             if 0 < t.cfg.steps <= limit:
                 short.append((t, limit))

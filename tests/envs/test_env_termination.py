@@ -254,3 +254,13 @@ def test_unknown_and_unsupported_ids():
         assert isinstance(info.value, ValueError)
         message = str(info.value)
         assert repr(bad) in message and "gym:Hopper-v5" in message and "dmc:" in message
+
+
+def test_never_terminates_names_the_tasks_whose_episodes_all_last_the_time_limit():
+    from dynalab.envs.termination import never_terminates
+
+    assert [never_terminates(e) for e in ("gym:HalfCheetah-v5", "gym:Swimmer-v5", "dmc:cheetah-run",
+                                           "dmc:walker-walk")] == [True] * 4
+    # Tasks that can end early, and ids with no built-in rule.
+    assert [never_terminates(e) for e in ("gym:Hopper-v5", "gym:InvertedPendulum-v5", "dmc:lqr-lqr_2_1",
+                                           "gym:NoSuchTask-v0", "dmc:nosuch-task")] == [False] * 5

@@ -179,6 +179,15 @@ def has_builtin_fn(env_id: str) -> bool:
     return env_id in _GYM or _is_dmc_task(env_id)
 
 
+def never_terminates(env_id: str) -> bool:
+    """Whether the built-in rule of `env_id` never ends an episode early, so that its episodes
+    all last the time limit (HalfCheetah, Swimmer, every dm_control task but lqr's); False for a
+    task that may terminate or has no built-in rule."""
+    if env_id in _GYM:
+        return _GYM[env_id][0] is _never
+    return _is_dmc_task(env_id) and env_id.partition(":")[2].partition("-")[0] != _LQR_DOMAIN
+
+
 def supported_ids() -> list[str]:
     """The gym ids with a built-in termination function (every dm_control suite task has one too)."""
     return list(_GYM)
