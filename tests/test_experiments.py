@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from dynalab import config as config_lib
 from dynalab import experiments
 from dynalab.config import ConfigError
 from dynalab.envs import DMC15, GYM6
@@ -91,6 +92,19 @@ def test_scale_shrinks_every_step_count_and_stays_valid():
     assert cfg["MBPO + resets"].reset_agent_every == 200 and cfg["MBPO + resets"].eval_every == 500  # >= steps/10
     assert cfg["MBPO + resets"].log_every == 100 and cfg["MBPO + resets"].model_refit_every == 250
     assert experiments.load("stfl-fig3-gym", scale=1e-6).trials[0].cfg.steps == 2  # clamped, still valid
+
+
+def test_scale_changes_only_settings_the_algorithm_reads():
+    """ALM's exploration schedule shrinks with ALM's timeline (100,000 steps x 0.01 = 1,000); the other
+    algorithms never read it, so their scaled runs carry no setting that would be warned about."""
+    trials = experiments.load("stfl-fig3-gym", scale=0.01).trials
+    algos = {t.cfg.algo for t in trials}
+    assert {"sac", "mbpo", "alm"} <= algos
+    for t in trials:
+        if t.cfg.algo == "alm":
+            assert t.cfg.alm.std_duration == 1_000
+        else:
+            assert config_lib.ignored_settings(t.cfg) == [], t.name
 
 
 def test_overrides_use_toml_values():

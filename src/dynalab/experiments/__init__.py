@@ -123,7 +123,9 @@ def scale_steps(cfg: TrainConfig, scale: float) -> TrainConfig:
     if cfg.horizon_schedule is not None:
         start, end, lo, hi = cfg.horizon_schedule
         changes["horizon_schedule"] = (round(start * scale), max(round(end * scale), round(start * scale) + 1), lo, hi)
-    return dataclasses.replace(cfg, **changes)
+    # Settings the algorithm never reads stay as they were: changed, they would only earn the run
+    # an "unused setting" warning (e.g. SAC's runs and the model refit interval).
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if config_lib.uses_field(cfg.algo, k)})
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
