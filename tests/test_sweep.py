@@ -276,3 +276,17 @@ def test_ray_sweep_runs_trials_as_tasks_and_retries_a_killed_worker(tmp_path, ra
     assert not ray.is_initialized()  # run_sweep connected, and disconnected when done
     for t in trials:  # the trials ran in Ray's workers, not in this process
         assert "default_worker.py" in json.loads((tmp_path / t.name / "run.json").read_text())["command"][0]
+
+
+def test_a_stopped_local_sweep_records_the_time_its_trial_ran(tmp_path, monkeypatch):
+    from dynalab import sweep as sweep_module
+    from dynalab.train import Preempted
+
+    stopped = {"ok": False, "seconds": 12.5, "retry": False, "preempted": True,
+               "error": "Preempted: stopped by SIGTERM at env step 60 after checkpointing; run the same command to resume."}
+    monkeypatch.setattr(sweep_module, "_attempt", lambda *args: stopped)
+    with pytest.raises(Preempted, match="run the same sweep again"):
+        run_sweep(TRIALS, tmp_path, progress=False)
+    rec = sweep_json(tmp_path)["sac__seed0"]
+    assert rec["seconds"] == 12.5 and rec["attempts"] == 1 and rec["error"].startswith("Preempted: ")
+    assert sweep_json(tmp_path)["sac__seed1"]["status"] == "pending"  # never started: the sweep stopped

@@ -216,6 +216,7 @@ def run_sweep(trials: list[Trial], out: Path, ray_address: str | None = None, re
                     book.write()
                     result = _attempt(config_lib.to_dict(t.cfg), str(out / t.name), progress)
                     if result.get("preempted"):  # SIGTERM to this process: stop the sweep, don't retry
+                        book.records[t.name]["seconds"] += result["seconds"]
                         book.finish(t.name, FAILED, result["error"])
                         raise Preempted(f"sweep stopped by SIGTERM or Ctrl-C during {t.name} (checkpointed); "
                                         "run the same sweep again to continue it.")
