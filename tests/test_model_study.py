@@ -272,3 +272,25 @@ def test_an_experiment_too_short_for_two_episodes_stops_before_any_run(tmp_path,
         ms.check_episodes(experiments.load("stfl-fig6-7-model-error", scale=0.04).trials, 0.04)
     ms.check_episodes(experiments.load("stfl-fig6-7-model-error", scale=0.041).trials, 0.041)
     assert not (tmp_path / "study").exists()  # nothing ran
+
+
+def test_an_experiment_can_be_cut_to_some_tasks_and_small_runs_from_the_command_line(tmp_path, capsys):
+    """--only picks the preset's trials and --run-set changes their runs (as `dynalab sweep`); only the
+    picked runs are made and studied."""
+    out = tmp_path / "study"
+    main(["model-study", "--experiment", "stfl-fig6-7-model-error", "--only", "*InvertedPendulum*", "--scale", "0.01",
+          "--run-set", "replay_ratio=1", "rollouts_per_step=4", "batch_size=16", "eval_episodes=1",
+          "model.width=8", "model.depth=1", "model.refit_steps=5", "model.batch_size=16", "model.max_holdout=32",
+          "--refit-steps", "5", "--model-seeds", "1", "--variants", "mbpo", "--set", "model.width=8",
+          "--reps", "20", "--out", str(out), "--no-progress"])
+    assert [p.name for p in (out / "runs").iterdir() if p.is_dir()] == ["mbpo__gym-InvertedPendulum-v5"]
+    cfg = json.loads((out / "runs" / "mbpo__gym-InvertedPendulum-v5" / "config.json").read_text())
+    assert (cfg["steps"], cfg["replay_ratio"], cfg["model"]["width"]) == (250, 1, 8)  # 25,000 x 0.01
+    doc = json.loads((out / "study.json").read_text())
+    assert "gym:InvertedPendulum-v5" in json.dumps(doc) and "gym:Hopper-v5" not in json.dumps(doc)
+    with pytest.raises(SystemExit):
+        main(["model-study", "--experiment", "stfl-fig6-7-model-error", "--only", "*Nope*", "--out", str(out)])
+    assert "no trial of stfl-fig6-7-model-error matches --only *Nope*" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["model-study", "--env", "gym:Hopper-v5", "--only", "*Hopper*", "--out", str(out)])
+    assert "give --experiment or leave them out" in capsys.readouterr().err

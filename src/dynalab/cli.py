@@ -317,6 +317,10 @@ class ModelStudy:
     """Run this preset's trials into OUT/runs (skipping finished ones), then study each run's buffer."""
     scale: float = 1.0
     """With --experiment: multiply every env-step count by this, for a smoke run."""
+    only: tuple[str, ...] = ()
+    """With --experiment: run and study only the trials whose names match these glob patterns (e.g. '*Hopper*')."""
+    run_set: tuple[str, ...] = ()
+    """With --experiment: overrides for the preset's runs, FIELD=VALUE in TOML syntax (as `dynalab sweep --set`)."""
     variants: tuple[str, ...] = ("mbpo", "target-norm", "direct", "ftfl")
     """Model variants: mbpo, ftfl, target-norm, direct, ftfl-tuned, run; each optionally +FIELD=VALUE (mbpo+lr=1e-3)."""
     override: Annotated[tuple[str, ...], tyro.conf.arg(name="set")] = ()
@@ -357,7 +361,13 @@ class ModelStudy:
         if self.experiment is not None:
             if runs or self.env or self.policy is not None:
                 raise ConfigError("--experiment makes its own data; leave out --from, --env and --policy.")
-            runs = [run_experiment(self.experiment, self.out / "runs", scale=self.scale, progress=self.progress)]
+            from dynalab import experiments
+
+            runs = run_experiment(self.experiment, self.out / "runs", scale=self.scale, progress=self.progress,
+                                  only=self.only, overrides=experiments.parse_overrides(list(self.run_set)))
+        elif self.only or self.run_set or self.scale != 1.0:
+            raise ConfigError("--only, --run-set and --scale choose and change the runs of --experiment; "
+                              "give --experiment or leave them out.")
         files = model_study(self.out, runs=runs, envs=self.env, policy=self.policy, variants=self.variants,
                             overrides=self.override,
                             budget=Budget(self.refit_steps, True if self.early_stopping else None, self.model_seeds),

@@ -56,7 +56,7 @@ import tomllib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -883,24 +883,33 @@ def check_episodes(trials: Sequence[Any], scale: float = 1.0) -> None:
                       f"episodes all last {limit:,} steps), so no episode of its buffer could be held out; {hint}.")
 
 
-def run_experiment(name: str, out: Path, scale: float = 1.0, progress: bool = True) -> Path:
-    """Run (or finish) a preset's trials into `out` as `dynalab sweep` does; returns `out`.
+def run_experiment(name: str, out: Path, scale: float = 1.0, progress: bool = True, only: Sequence[str] = (),
+                   overrides: Mapping[str, Any] | None = None) -> list[Path]:
+    """Run (or finish) a preset's trials into `out` as `dynalab sweep` does; returns their run folders.
 
     The preset's runs are the data of an across-task study (e.g. stfl-fig6-7-model-error: short MBPO runs
-    on Gym and DMC tasks). Raises ConfigError for an unknown preset, a trial too short to hold two
-    episodes (`check_episodes`, before anything runs) or when trials failed.
+    on Gym and DMC tasks). `only`: glob patterns on trial names (as `dynalab sweep --only`);
+    `overrides`: config changes for every run (as `dynalab sweep --set`). Raises ConfigError for an
+    unknown preset, patterns that match no trial, a trial too short to hold two episodes
+    (`check_episodes`, before anything runs) or when trials failed.
     """
+    import fnmatch
+
     from dynalab import experiments
     from dynalab.sweep import run_sweep
 
-    exp = experiments.load(name, scale=scale)
-    check_episodes(exp.trials, scale)
-    statuses = run_sweep(list(exp.trials), Path(out), progress=progress)
+    exp = experiments.load(name, scale=scale, overrides=dict(overrides or {}))
+    trials = [t for t in exp.trials if not only or any(fnmatch.fnmatch(t.name, p) for p in only)]
+    if not trials:
+        raise ConfigError(f"no trial of {exp.name} matches --only {' '.join(only)}; "
+                          f"trials are: {', '.join(t.name for t in exp.trials)}.")
+    check_episodes(trials, scale)
+    statuses = run_sweep(trials, Path(out), progress=progress)
     failed = [t for t, status in statuses.items() if status == "failed"]
     if failed:
         raise ConfigError(f"{len(failed)} of {len(statuses)} runs of {exp.name} failed ({', '.join(failed)}); see "
                           f"{Path(out) / 'sweep.json'}, then run the same command again to retry them.")
-    return Path(out)
+    return [Path(out) / t.name for t in trials]
 
 
 def study_json(result: StudyResult) -> dict[str, Any]:
