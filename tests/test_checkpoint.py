@@ -286,3 +286,24 @@ def test_a_failed_background_write_is_raised_with_its_step_and_leaves_nothing_pa
     assert [c.name for c in checkpoint.complete(folder)] == [checkpoint.name(1)]
     assert not list(folder.glob(".tmp-*")) and not list((folder / checkpoint.SEGMENTS).glob(".tmp-*"))
     writer.wait()  # raised once: the writer is usable again
+
+
+def test_a_background_write_that_would_crowd_host_memory_is_written_at_once(tmp_path, monkeypatch):
+    """Copies for a background write must fit in half the host memory still available; else
+    `submit` writes synchronously. The copy size, by hand, after 7 rows (replay blocks 0-3 of 2 rows):
+    replay rows 8 of 100 -> obs 2*100*3*4 B * 8/100 = 192, flag 2*100 B * 8/100 = 16; synthetic: none
+    dirty; whole leaves: net 2*5*4 = 40, and position, size, count (2 x 4 B) of both buffers = 48."""
+    state = init_state()
+    state["replay"] = add_batch(state["replay"], rows(0, 7))
+    leaves = checkpoint._leaves(state)[0]
+    dirty = [np.array([True] * 4 + [False] * 46), np.zeros(30, bool)]
+    assert checkpoint._copy_bytes(leaves, dirty, [2, 1]) == 192 + 16 + 40 + 48
+
+    for available, background in ((2 * 296 - 2, False), (2 * 296, True)):
+        folder = tmp_path / f"avail{available}"
+        monkeypatch.setattr(checkpoint, "_available_host_bytes", lambda: available)
+        writer = checkpoint.Writer()
+        path = writer.submit(folder, 1, state, {"x": np.zeros(1)}, {}, None)
+        assert (writer._thread is not None) == background
+        assert writer.wait() == path
+        assert_same(checkpoint.read_learner(path, init_state()), state)

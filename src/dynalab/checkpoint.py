@@ -316,6 +316,34 @@ def _base_record(folder: Path, leaves: list[_Leaf], step: int) -> dict[str, Any]
     return meta
 
 
+def _copy_bytes(leaves: list[_Leaf], dirty: list[np.ndarray], rows: list[int]) -> int:
+    """Host bytes that copies of a checkpoint's arrays take: its dirty blocks and the other leaves."""
+    total = 0
+    for leaf in leaves:
+        size = int(np.prod(leaf.value.shape)) * np.dtype(leaf.value.dtype).itemsize
+        if leaf.buffer is None:
+            total += size
+        else:
+            capacity = leaf.value.shape[1]
+            total += size * min(capacity, int(dirty[leaf.buffer].sum()) * rows[leaf.buffer]) // max(capacity, 1)
+    return total
+
+
+def _available_host_bytes() -> int:
+    """Memory the system can still give this process (Linux's MemAvailable; free pages elsewhere)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**62  # unknown: assume the copies fit
+
+
 class _Job:
     """One checkpoint, planned: every array it writes and where. Built by `_plan` in the caller's
     thread; `_commit` writes it (there or in a `Writer`'s thread)."""
@@ -351,6 +379,8 @@ def _plan(folder: Path, step: int, learner_state: Any, host: Mapping[str, np.nda
         dirty.append(changed)
         rows.append(r)
     written = any(d.any() for d in dirty)  # nothing written since the base: no segment
+    if owned and _copy_bytes(leaves, dirty, rows) > _available_host_bytes() // 2:
+        owned = False  # host copies would crowd out the run: the caller writes now, streaming as `write` does
     segment = _segment_arrays(leaves, dirty, rows, owned) if written else None
     learner = ((f"{i:04d}", x.value) for i, x in enumerate(leaves) if x.buffer is None)
     info = {
@@ -367,7 +397,7 @@ def _plan(folder: Path, step: int, learner_state: Any, host: Mapping[str, np.nda
         learner = [(k, _owned(v)) for k, v in learner]
         host = {k: np.array(v) for k, v in host.items()}
     return _Job(folder=folder, final=folder / (target or name(step)), seg_name=seg_name, segment=segment,
-                learner=learner, host=host, info=info, step=step,
+                learner=learner, host=host, info=info, step=step, owned=owned,
                 metrics=metrics_csv.read_bytes() if owned and metrics_csv is not None else metrics_csv)
 
 
@@ -438,7 +468,8 @@ class Writer:
 
     `submit` takes host copies of what the checkpoint holds (the buffers' dirty blocks only) and
     returns; the files are written, fsync'ed and renamed into place by the thread, then
-    `after` runs there (e.g. `prune`). The run waits only for the copies, and for the previous
+    `after` runs there (e.g. `prune`). Where the copies would take more than half the host memory
+    still available, `submit` writes synchronously instead, streaming as `write` does. The run waits only for the copies, and for the previous
     write if it is still going when the next one is due. Everything `write` guarantees holds:
     a crash mid-write leaves the earlier checkpoints intact, and resuming starts from the newest
     complete one. A failed write (e.g. OSError, disk full) is raised by the next `submit`,
@@ -456,6 +487,11 @@ class Writer:
         """Start writing the checkpoint of `step` (see `write`); returns the path it will have."""
         self.wait()  # the next plan's base is the newest complete checkpoint on disk
         job = _plan(folder, step, learner_state, host, meta, metrics_csv, None, owned=True)
+        if not job.owned:  # copies would not fit in half the free host memory: write now instead
+            self.last = _commit(job)
+            if after is not None:
+                after()
+            return job.final
 
         def run() -> None:
             try:
