@@ -48,7 +48,7 @@ choose_mujoco_gl()
 # Loaded on first use, so that `import dynalab` (every CLI command, every worker) stays light. No
 # name may equal a submodule's (`train`, `config`): importing the submodule would replace it.
 _API = ("make_config", "run_training", "resume_training", "load_config", "load_metrics", "make_report",
-        "load_experiment", "run_experiment")
+        "load_experiment", "run_experiment", "run_model_study")
 __all__ = [*_API, "TrainConfig", "ConfigError", "choose_mujoco_gl", "__version__"]
 
 

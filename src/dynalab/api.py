@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from dynalab.experiments import Experiment
 
 __all__ = ["make_config", "run_training", "resume_training", "load_config", "load_metrics", "make_report",
-           "load_experiment", "run_experiment"]
+           "load_experiment", "run_experiment", "run_model_study"]
 
 
 def make_config(algo: str = "sac", **changes: Any) -> TrainConfig:
