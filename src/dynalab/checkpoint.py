@@ -38,7 +38,8 @@ import secrets
 import shutil
 import threading
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -344,12 +345,21 @@ def _available_host_bytes() -> int:
         return 2**62  # unknown: assume the copies fit
 
 
+@dataclass
 class _Job:
     """One checkpoint, planned: every array it writes and where. Built by `_plan` in the caller's
     thread; `_commit` writes it (there or in a `Writer`'s thread)."""
 
-    def __init__(self, **fields: Any) -> None:
-        self.__dict__.update(fields)
+    folder: Path
+    final: Path  # the checkpoint folder it becomes
+    seg_name: str | None  # its new segment's file in folder/buffers/; None: segment.npz inside (a target)
+    segment: Iterable[tuple[str, np.ndarray]] | None  # the dirty blocks; None when nothing was written
+    learner: Iterable[tuple[str, np.ndarray]]  # the leaves that are not buffer rows
+    host: Mapping[str, np.ndarray]
+    info: dict[str, Any]  # meta.json
+    step: int
+    owned: bool  # every array above is a host copy of its own (else read while written)
+    metrics: bytes | Path | None  # metrics.csv: its bytes when owned, else the file to copy
 
 
 def _plan(folder: Path, step: int, learner_state: Any, host: Mapping[str, np.ndarray], meta: Mapping[str, Any],

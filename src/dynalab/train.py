@@ -263,9 +263,8 @@ class Trainer:
     def close(self) -> None:
         """Close the envs and what the learners hold outside their state (e.g. the perfect model's
         simulators); worker processes stop once nothing uses them."""
-        for env in (getattr(self, "envs", None), getattr(self, "eval_envs", None)):
-            if env is not None:
-                env.close()
+        self.envs.close()
+        self.eval_envs.close()
         for learner in self._learners:
             learner.close()
 

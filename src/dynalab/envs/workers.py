@@ -244,7 +244,7 @@ def _apply_recipe(recipe: dict) -> None:
         if name not in gymnasium.registry:
             try:
                 gymnasium.registry[name] = pickle.loads(recipe["gym_spec"])
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - building the task then reports that it is not registered
                 pass
     if recipe["dmc_domain"] is not None:
         from dm_control import suite
